@@ -1,0 +1,3 @@
+from cellmapseg.cli import main
+
+main()

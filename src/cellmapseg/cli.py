@@ -1,0 +1,113 @@
+"""Console script: one sub-command per pipeline stage. Snakemake rules call the same functions.
+
+Every stage writes its resolved configuration beside its outputs. Bad input ends in one line on
+stderr that names the file, crop or key, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cellmapseg import config as config_mod
+from cellmapseg.config import Config
+from cellmapseg.errors import InputError
+
+EXIT_BAD_INPUT = 2
+log = logging.getLogger("cellmapseg")
+
+
+def setup_logging(log_file: str | Path | None = None) -> None:
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
+    handlers: list[logging.Handler] = [console]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, handlers=handlers, force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@contextlib.contextmanager
+def bad_input_exits() -> Iterator[None]:
+    """Turn an InputError into its message lines on stderr and a non-zero exit (no traceback:
+    the message already names the file, crop or key). Other exceptions propagate unchanged."""
+    try:
+        yield
+    except InputError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        if any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+            log.error("%s", exc, extra={"file_only": True})  # the rule's log file gets it too
+        sys.exit(EXIT_BAD_INPUT)
+
+
+# --- stages -------------------------------------------------------------------------------
+
+def stage_synthetic(cfg: Config, out_dir: Path) -> Path:
+    from cellmapseg.data.synthetic import generate
+
+    config_mod.write_resolved(cfg, out_dir / "config.yaml")
+    datalist = generate(cfg.data.synthetic, cfg.data.spacing_nm, out_dir)
+    log.info("synthetic dataset written: %s", datalist)
+    return datalist
+
+
+def stage_inventory(cfg: Config, out_csv: Path, workers: int = 1) -> None:
+    from cellmapseg.data.inventory import write_inventory
+
+    config_mod.write_resolved(cfg, out_csv.with_suffix(".config.yaml"))
+    frame = write_inventory(cfg, out_csv, workers=workers)
+    log.info("inventory of %d crops written: %s", len(frame), out_csv)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellmapseg", description=__doc__)
+    p.add_argument(
+        "-c", "--config", action="append", default=None, metavar="YAML",
+        help="config file(s), later ones merged over earlier ones (default: config/config.yaml)",
+    )
+    p.add_argument("--log", default=None, help="also write the log to this file")
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("synthetic", help="generate the embedded CellMap-like dataset")
+    s.add_argument("--out-dir", type=Path, default=Path("results/data/synthetic"))
+    s = sub.add_parser("inventory", help="validate the datalist and write the crop inventory")
+    s.add_argument("--out", type=Path, default=Path("results/data/inventory.csv"))
+    s.add_argument("--workers", type=int, default=1)
+    return p
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> None:
+    stages: dict[str, Callable[[], Any]] = {
+        "synthetic": lambda: stage_synthetic(cfg, args.out_dir),
+        "inventory": lambda: stage_inventory(cfg, args.out, args.workers),
+    }
+    stages[args.stage]()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log)
+    with bad_input_exits():
+        cfg = config_mod.load(*(args.config or ["config/config.yaml"]))
+        _run(args, cfg)
+
+
+def from_snakemake(snakemake: Any) -> Config:  # noqa: ANN401 - Snakemake's script object
+    """Config for a workflow/scripts wrapper: logging to the rule's log, validated config."""
+    setup_logging(snakemake.log[0] if len(snakemake.log) else None)
+    return config_mod.from_dict(dict(snakemake.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Typed configuration: YAML -> schema validation (defaults from the schema) -> dataclasses.
+
+The schema (config_schema.yaml, beside this file) is the single source of defaults; the
+dataclasses below carry no defaults of their own so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from cellmapseg.atomic import write_text
+from cellmapseg.classes import NUM_CLASSES
+from cellmapseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    enabled: bool
+    seed: int
+    n_datasets: int
+    n_train: int
+    n_val: int
+    shape: tuple[int, int, int]
+    shape_jitter: float
+    large_shape: tuple[int, int, int]
+    small_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    datalist: str
+    dataroot: str
+    spacing_nm: tuple[float, float, float]
+    spacing_tolerance: float
+    pad_image: str | float
+    synthetic: SyntheticConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    gpus: int
+    cpu_ranks: int
+    num_workers: int
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus if self.gpus > 0 else self.cpu_ranks
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    type: str
+    args: dict[str, Any]  # backbone arguments, validated per type by the schema
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    network: NetworkConfig
+    roi_size: tuple[int, int, int]
+    num_samples: int
+    batch_size: int
+    train_sub_epochs: int
+    epochs: int
+    eval_epochs: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    schedule: str
+    warmup: float
+    grad_accumulation: int
+    clip_grad: float
+    bf16: bool
+    dice_weight: float
+    ce_weight: float
+    class_weights: tuple[float, ...] | None
+    mixup_p: float
+    mixup_beta: float
+    ds_weights: tuple[float, ...] | None
+    lvl_weights: tuple[float, ...] | None
+
+    def class_weight_list(self) -> list[float]:
+        return list(self.class_weights) if self.class_weights else [1.0] * NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    data: DataConfig
+    train: TrainConfig
+    models: dict[str, ModelConfig]
+    raw: dict[str, Any] = dataclasses.field(repr=False, compare=False)
+
+    def model(self, name: str) -> ModelConfig:
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(f"config: unknown model key '{name}' (configured: {known})")
+        return self.models[name]
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("cellmapseg").joinpath("config_schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _validator_with_defaults() -> type:
+    """Draft 2020-12 validator that fills `default`s while it validates (jsonschema FAQ pattern)."""
+    base = Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, sch):  # noqa: ANN001 - jsonschema callback
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, sch)
+
+    return validators.extend(base, {"properties": properties})
+
+
+def _dotted(path: typing.Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<root>"
+
+
+_JSON_TYPES = {
+    dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+    float: "number", type(None): "null",
+}
+
+
+def _describe(error) -> list[str]:  # noqa: ANN001 - jsonschema.ValidationError
+    """One line per problem, naming the dotted key."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        return [f"config: unknown key '{_dotted([*path, k])}'" for k in extra]
+    value = error.instance
+    if error.validator == "type":
+        got = _JSON_TYPES.get(type(value), type(value).__name__)
+        return [
+            f"config: key '{_dotted(path)}' has value {value!r} of type {got}; "
+            f"expected {error.validator_value}"
+        ]
+    if error.validator in ("oneOf", "anyOf"):
+        expected = " or ".join(_summarise(s) for s in error.validator_value)
+        return [f"config: key '{_dotted(path)}' has value {value!r}; expected {expected}"]
+    return [f"config: key '{_dotted(path)}' = {value!r}: {error.message}"]
+
+
+def _summarise(sub: dict[str, Any]) -> str:
+    if "enum" in sub:
+        return "one of " + "/".join(map(str, sub["enum"]))
+    if "$ref" in sub:
+        return sub["$ref"].rsplit("/", 1)[-1]
+    if sub.get("type") == "array" and "minItems" in sub and sub.get("minItems") == sub.get(
+        "maxItems"
+    ):
+        return f"a list of {sub['minItems']} {sub.get('items', {}).get('type', 'value')}s"
+    return str(sub.get("type", sub))
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return a validated deep copy of `raw` with every default filled in."""
+    resolved = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(resolved, dict):
+        raise ConfigError(f"config: top level must be a mapping, got {type(resolved).__name__}")
+    validator = _validator_with_defaults()(schema())
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(map(str, e.path)))
+    lines: list[str] = []
+    for err in errors:
+        lines.extend(_describe(err))
+    if lines:
+        raise ConfigError("\n".join(dict.fromkeys(lines)))
+    _check_cross_fields(resolved)
+    return resolved
+
+
+def _check_cross_fields(cfg: dict[str, Any]) -> None:
+    """Rules a JSON schema cannot express clearly."""
+    for name, model in cfg["models"].items():
+        net = model["network"]["type"]
+        if net == "segresnet" and not model["ds_weights"]:
+            raise ConfigError(f"config: key 'models.{name}.ds_weights' is required for segresnet")
+        if net == "flexunet" and model["lvl_weights"] is not None and len(model["lvl_weights"]) > 4:
+            raise ConfigError(
+                f"config: key 'models.{name}.lvl_weights' has {len(model['lvl_weights'])} values;"
+                " FlexibleUNet has at most 4 decoder scales with heads"
+            )
+        if net != "segresnet" and model["ds_weights"] is not None:
+            raise ConfigError(f"config: key 'models.{name}.ds_weights' applies to segresnet only")
+        if net != "flexunet" and model["lvl_weights"] is not None:
+            raise ConfigError(f"config: key 'models.{name}.lvl_weights' applies to flexunet only")
+
+
+def _build(cls: type, value: Any) -> Any:
+    """Construct nested frozen dataclasses (and tuples) from validated plain data."""
+    if cls is NetworkConfig:
+        args = {k: v for k, v in value.items() if k != "type"}
+        return NetworkConfig(type=value["type"], args=args)
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.name != "raw"]
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in fields})
+    origin = typing.get_origin(cls)
+    if origin is dict:
+        _, val_t = typing.get_args(cls)
+        return {k: _build(val_t, v) for k, v in value.items()}
+    if origin is tuple:
+        return tuple(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+    return value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    resolved = validate(raw)
+    hints = typing.get_type_hints(Config)
+    parts = {k: _build(hints[k], resolved[k]) for k in ("seed", "data", "train", "models")}
+    return Config(**parts, raw=resolved)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, val in update.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def load(*paths: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load YAML files (later ones deep-merged over earlier ones, as Snakemake does)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config: file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            detail = str(exc).replace("\n", " ")
+            raise ConfigError(f"config: {path} is not valid YAML: {detail}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+        merged = _deep_merge(merged, data)
+    return from_dict(_deep_merge(merged, overrides or {}))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.raw, sort_keys=False, default_flow_style=None)
+
+
+def write_resolved(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config (defaults included) beside a stage's outputs."""
+    write_text(path, "# Resolved configuration (defaults filled from the schema)\n" + to_yaml(cfg))

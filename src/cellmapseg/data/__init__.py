@@ -1,0 +1,1 @@
+"""Data layer: datalist, NIfTI I/O, validation, inventory, compact cache and patch sampling."""

@@ -1,0 +1,47 @@
+"""Load crops from NIfTI into compact Volumes, using the inventory's per-crop facts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cellmapseg.classes import NUM_CLASSES
+from cellmapseg.data import nifti
+from cellmapseg.data.compact import to_compact_image, to_compact_label
+from cellmapseg.data.datalist import CropEntry, parse_annotated_classes
+from cellmapseg.data.volumes import Volume
+
+
+def mask_from_string(text: str, where: str) -> np.ndarray:
+    mask = np.zeros(NUM_CLASSES, np.float32)
+    mask[list(parse_annotated_classes(text, where))] = 1.0
+    return mask
+
+
+def load_volume(row: Mapping[str, Any]) -> Volume:
+    """Read one crop named by an inventory row (image, label, compact dtype, mean, std)."""
+    image = to_compact_image(nifti.load_array(row["image"]), np.dtype(row["compact_image_dtype"]))
+    label = to_compact_label(nifti.load_array(row["label"]))
+    text = row["annotated_classes"]
+    text = "" if not isinstance(text, str) else text  # pandas reads an empty cell as NaN
+    return Volume(
+        name=str(row["crop"]),
+        image=image,
+        label=label,
+        annotation_mask=mask_from_string(text, f"crop {row['crop']}: annotated_classes"),
+        mean=float(row["image_mean"]),
+        std=float(row["image_std"]),
+    )
+
+
+def volume_from_entry(entry: CropEntry) -> Volume:
+    """Read a crop straight from its datalist entry (statistics computed here)."""
+    image = to_compact_image(nifti.load_array(entry.image))
+    label = to_compact_label(nifti.load_array(entry.label))
+    return Volume(
+        name=entry.name, image=image, label=label,
+        annotation_mask=entry.annotation_mask(),
+        mean=float(image.mean(dtype=np.float64)), std=float(image.std(dtype=np.float64)),
+    )

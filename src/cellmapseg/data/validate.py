@@ -1,0 +1,226 @@
+"""Check every crop's files before anything is trained on them; report all problems at once.
+
+Pass (a) reads only headers (cheap) for every crop: missing or unreadable files, dimensionality,
+shape, spacing and label dtype. Pass (b) then reads the voxels of the crops that passed (a), one
+crop at a time, for what only the data can show: label values, non-finite intensities and gzip
+streams that end early (a truncated .nii.gz still has a readable header). Callers that need the
+arrays anyway (the inventory) pass an `analyse` function so that each crop is read only once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import repeat
+from typing import TypeVar
+
+import numpy as np
+
+from cellmapseg.classes import MAX_LABEL
+from cellmapseg.data.datalist import CropEntry, crop_name
+from cellmapseg.data.nifti import NiftiHeader, load_array, read_header
+from cellmapseg.errors import InputError
+
+T = TypeVar("T")
+
+CHUNK_VOXELS = 1 << 22  # bounds the temporaries of chunked reductions (~32 MB as int64)
+FIELDS: tuple[str, ...] = ("image", "label")
+
+
+@dataclass(frozen=True)
+class CropHeaders:
+    image: NiftiHeader
+    label: NiftiHeader
+
+
+# analyse(entry, headers, image, label) -> per-crop result; runs on crops that passed every check.
+Analyse = Callable[[CropEntry, CropHeaders, np.ndarray, np.ndarray], T]
+
+
+def flat_chunks(array: np.ndarray, chunk: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive 1D views of `array` in memory order (no copy for C- or F-ordered arrays)."""
+    chunk = chunk or CHUNK_VOXELS
+    flat = array.ravel(order="K")
+    for start in range(0, flat.size, chunk):
+        yield flat[start : start + chunk]
+
+
+# ---------------------------------------------------------------- pass (a): headers only
+
+
+def header_problems(
+    entry: CropEntry, spacing_nm: Sequence[float], tolerance: float
+) -> tuple[list[str], CropHeaders | None]:
+    """Problems visible in the headers; the headers themselves when both files are readable."""
+    problems: list[str] = []
+    headers: dict[str, NiftiHeader] = {}
+    for field in FIELDS:
+        try:
+            headers[field] = read_header(getattr(entry, field))
+        except InputError as exc:
+            problems.append(f"crop {entry.name}: {field} {exc}")
+    for field, header in headers.items():
+        problems.extend(_single_header_problems(entry.name, field, header, spacing_nm, tolerance))
+    if len(headers) < len(FIELDS):
+        return problems, None
+    image, label = headers["image"], headers["label"]
+    if image.shape3d and label.shape3d and image.shape3d != label.shape3d:
+        problems.append(
+            f"crop {entry.name}: image/label shape mismatch: image {image.path} is "
+            f"{image.shape3d}, label {label.path} is {label.shape3d}"
+        )
+    return problems, CropHeaders(image=image, label=label)
+
+
+def _single_header_problems(
+    crop: str, field: str, header: NiftiHeader, spacing_nm: Sequence[float], tolerance: float
+) -> list[str]:
+    where = f"crop {crop}: {field} {header.path}"
+    if header.shape3d is None:
+        return [f"{where}: must be a 3D volume, got {header.ndim}D shape {header.shape}"]
+    problems: list[str] = []
+    if 0 in header.shape:
+        problems.append(f"{where}: empty volume, shape {header.shape}")
+    if not _spacing_matches(header.spacing, spacing_nm, tolerance):
+        got = tuple(round(s, 6) for s in header.spacing)
+        problems.append(
+            f"{where}: spacing {got} differs from data.spacing_nm {tuple(spacing_nm)} "
+            f"(relative tolerance {tolerance})"
+        )
+    kinds = "ui" if field == "label" else "uif"
+    if header.dtype.kind not in kinds:
+        what = "an integer" if field == "label" else "a real-valued"
+        problems.append(f"{where}: on-disk dtype {header.dtype} is not {what} type")
+    if field == "label" and header.scaled:
+        # Scaled labels would come back as float64 and their values would not be class values.
+        problems.append(f"{where}: header sets scl_slope/scl_inter; labels must be unscaled")
+    return problems
+
+
+def _spacing_matches(got: Sequence[float], want: Sequence[float], tolerance: float) -> bool:
+    return len(got) == len(want) and all(
+        abs(g - w) <= tolerance * abs(w) for g, w in zip(got, want, strict=True)
+    )
+
+
+# ---------------------------------------------------------------- pass (b): voxel data
+
+
+def image_problems(entry: CropEntry, image: np.ndarray) -> list[str]:
+    if image.dtype.kind != "f":
+        return []
+    bad = sum(int(np.count_nonzero(~np.isfinite(c))) for c in flat_chunks(image))
+    if not bad:
+        return []
+    return [f"crop {entry.name}: image {entry.image}: {bad} non-finite voxels (NaN or Inf)"]
+
+
+def label_problems(entry: CropEntry, label: np.ndarray) -> list[str]:
+    if label.size == 0:
+        return []
+    lo, hi = label.min(), label.max()
+    if lo >= 0 and hi <= MAX_LABEL:
+        return []
+    # Only on failure: list the offending values (a mask of the whole crop is fine here).
+    bad = np.unique(label[(label < 0) | (label > MAX_LABEL)])
+    shown = ", ".join(str(v) for v in bad[:10].tolist()) + (", ..." if bad.size > 10 else "")
+    return [f"crop {entry.name}: label {entry.label}: values outside 0..{MAX_LABEL} ({shown})"]
+
+
+def _load_volume(entry: CropEntry, field: str, problems: list[str]) -> np.ndarray | None:
+    try:
+        array = load_array(getattr(entry, field))
+    except InputError as exc:
+        problems.append(f"crop {entry.name}: {field} {exc}")
+        return None
+    # Pass (a) allowed a trailing singleton 4th axis; drop it (a view, no copy).
+    return array[..., 0] if array.ndim == 4 else array
+
+
+def inspect_crop(
+    entry: CropEntry, headers: CropHeaders, analyse: Analyse[T] | None = None
+) -> tuple[list[str], T | None]:
+    """Pass (b) for one crop that passed (a); `analyse` reuses the arrays if they are clean."""
+    problems: list[str] = []
+    image = _load_volume(entry, "image", problems)
+    if image is not None:
+        problems.extend(image_problems(entry, image))
+    label = _load_volume(entry, "label", problems)
+    if label is not None:
+        problems.extend(label_problems(entry, label))
+    if problems or analyse is None or image is None or label is None:
+        return problems, None
+    return [], analyse(entry, headers, image, label)
+
+
+# ---------------------------------------------------------------- both passes
+
+
+def crop_warnings(entry: CropEntry) -> list[str]:
+    warnings: list[str] = []
+    if not entry.annotated_classes:
+        warnings.append(f"crop {entry.name}: annotated_classes is empty; it adds no gradient")
+    label_name = crop_name(entry.label)
+    if label_name is not None and label_name != entry.name:
+        warnings.append(
+            f"crop {entry.name}: label file name {entry.label.name!r} does not match the crop "
+            "name; check that image and label belong together"
+        )
+    return warnings
+
+
+def scan_crops(
+    entries: Sequence[CropEntry],
+    spacing_nm: Sequence[float],
+    tolerance: float,
+    analyse: Analyse[T] | None = None,
+    workers: int = 1,
+) -> tuple[list[str], list[T | None]]:
+    """Both passes over all crops -> (warnings, per-crop `analyse` results in entry order).
+
+    Raises InputError listing every problem, one line each, if any crop fails.
+    """
+    warnings = [w for entry in entries for w in crop_warnings(entry)]
+    problems: list[str] = []
+    passed: dict[int, CropHeaders] = {}
+    for index, entry in enumerate(entries):
+        found, headers = header_problems(entry, spacing_nm, tolerance)
+        problems.extend(found)
+        if not found and headers is not None:
+            passed[index] = headers
+    results: list[T | None] = [None] * len(entries)
+    todo = [(entries[i], headers) for i, headers in passed.items()]
+    for index, (found, result) in zip(passed, _map_crops(todo, analyse, workers), strict=True):
+        problems.extend(found)
+        results[index] = result
+    if problems:
+        raise InputError("\n".join(problems))
+    return warnings, results
+
+
+def _map_crops(
+    todo: list[tuple[CropEntry, CropHeaders]], analyse: Analyse[T] | None, workers: int
+) -> Iterator[tuple[list[str], T | None]]:
+    """inspect_crop over the crops, in order; `workers` crops at a time when workers > 1.
+
+    Threads, not processes: the work is zlib inflation and numpy reductions, which release the
+    GIL. A spawn pool re-executes the caller's __main__, which breaks unguarded Snakemake
+    scripts (BrokenProcessPool), and fork is unsafe once numpy/torch have started threads.
+    Each thread holds one crop, so memory stays bounded by `workers` crops.
+    """
+    entries = [entry for entry, _ in todo]
+    headers = [h for _, h in todo]
+    if workers <= 1 or len(todo) <= 1:
+        yield from map(inspect_crop, entries, headers, repeat(analyse))
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        yield from pool.map(inspect_crop, entries, headers, repeat(analyse))
+
+
+def validate_crops(
+    entries: Sequence[CropEntry], spacing_nm: Sequence[float], tolerance: float
+) -> list[str]:
+    """Check all crops; return warnings, or raise InputError naming every problem."""
+    warnings, _ = scan_crops(entries, spacing_nm, tolerance)
+    return warnings

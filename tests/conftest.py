@@ -1,0 +1,119 @@
+"""Shared fixtures: small NIfTI crops and datalists written into tmp_path.
+
+`make_dataset(root, n_train=3, n_val=1, **overrides)` writes a valid dataset in the real layout
+(images/<crop>_0000.nii.gz float32, labels/<crop>.nii.gz uint8, 8 nm spacing) and returns the
+datalist path. Per-crop `crops={index: {...}}` overrides replace arrays, spacing or fields so a
+test can plant exactly one problem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+SPACING = (8.0, 8.0, 8.0)
+SHAPE = (16, 20, 24)
+ANNOTATED = "0,1,2,3,7,8,9,10,11,12"
+
+
+def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] = SPACING) -> Path:
+    """Save `array` with an axis-aligned affine diag(spacing, 1) (dtype kept as given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+    return path
+
+
+def crop_names(n: int) -> list[str]:
+    """Names in the challenge's form; two datasets so grouping by dataset has something to do."""
+    return [f"jrc_test-{i % 2 + 1}a_crop{100 + i}" for i in range(n)]
+
+
+def random_image(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Integer-valued float32 in [0, 252], like the challenge's EM images."""
+    return rng.integers(0, 253, size=shape).astype(np.float32)
+
+
+def random_label(shape: tuple[int, ...], annotated: str, rng: np.random.Generator) -> np.ndarray:
+    """uint8 values 0 or c + 1 for annotated channels c only."""
+    channels = [int(c) for c in annotated.split(",") if c.strip()]
+    values = np.array([0, *[c + 1 for c in channels]], dtype=np.uint8)
+    return values[rng.integers(0, len(values), size=shape)]
+
+
+def make_dataset_files(
+    root: Path,
+    n_train: int = 3,
+    n_val: int = 1,
+    *,
+    shape: tuple[int, int, int] = SHAPE,
+    spacing: tuple[float, float, float] = SPACING,
+    annotated_classes: str = ANNOTATED,
+    relative: bool = False,
+    seed: int = 0,
+    crops: dict[int, dict[str, Any]] | None = None,
+    **datalist_fields: Any,
+) -> Path:
+    """Write crops + datalist.json under `root`; return the datalist path.
+
+    crops[i] (i counts training then validation) may set: "image"/"label" (arrays),
+    "image_spacing"/"label_spacing", "annotated_classes", "name", or "entry" (dict merged into
+    the datalist entry). `datalist_fields` are merged into the top-level datalist object.
+    """
+    rng = np.random.default_rng(seed)
+    crops = crops or {}
+    entries = []
+    for index, name in enumerate(crop_names(n_train + n_val)):
+        over = crops.get(index, {})
+        name = over.get("name", name)
+        annotated = over.get("annotated_classes", annotated_classes)
+        image = over.get("image")
+        image = random_image(shape, rng) if image is None else image
+        label = over.get("label")
+        label = random_label(image.shape, annotated, rng) if label is None else label
+        image_rel = Path("images") / f"{name}_0000.nii.gz"
+        label_rel = Path("labels") / f"{name}.nii.gz"
+        write_nifti(root / image_rel, image, over.get("image_spacing", spacing))
+        write_nifti(root / label_rel, label, over.get("label_spacing", spacing))
+        entry = {
+            "image": str(image_rel if relative else root / image_rel),
+            "label": str(label_rel if relative else root / label_rel),
+            "annotated_classes": annotated,
+        }
+        entries.append({**entry, **over.get("entry", {})})
+    datalist = {
+        "name": "test", "description": "synthetic test crops", "modality": "EM",
+        "sigmoid": True, "num_classes": 14,
+        "training": entries[:n_train], "validation": entries[n_train:],
+        **datalist_fields,
+    }
+    return write_json(root / "datalist.json", datalist)
+
+
+@pytest.fixture
+def make_dataset() -> Callable[..., Path]:
+    """Factory: make_dataset(tmp_path, n_train=3, n_val=1, **overrides) -> datalist path."""
+    return make_dataset_files
+
+
+@pytest.fixture
+def nifti_writer() -> Callable[..., Path]:
+    """write_nifti(path, array, spacing=(8, 8, 8)) -> path."""
+    return write_nifti
+
+
+@pytest.fixture
+def json_writer() -> Callable[[Path, Any], Path]:
+    return write_json
