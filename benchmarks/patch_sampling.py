@@ -37,26 +37,11 @@ def make_volumes(out_dir: Path, n: int, size: int) -> list[dict]:
 def spec_pipeline(entries: list) -> tuple[list[dict], object]:
     """The spec's §5.5 dataset: static transforms cached by CacheDataset (normalised float32 image,
     14-channel float32 one-hot label), then crop samples and per-patch flips/rot90 (§11.5 fix)."""
-    import monai.data as md
     import monai.transforms as mt
 
-    class ToMultiChannel(mt.MapTransform):
-        def __call__(self, data):
-            d = dict(data)
-            lab = np.asarray(d["label"])[0]
-            d["label"] = torch.from_numpy(
-                np.stack([(lab == c + 1).astype(np.float32) for c in range(14)])
-            )
-            return d
+    from cellmapseg.baselines import spec_cache
 
-    static = mt.Compose([
-        mt.LoadImaged(keys=["image", "label"]),
-        mt.EnsureChannelFirstd(keys=["image", "label"]),
-        ToMultiChannel(keys=["label"]),
-        mt.NormalizeIntensityd(keys=["image"]),
-    ])
-    files = [{"image": str(e.image), "label": str(e.label)} for e in entries]
-    cache = md.CacheDataset(files, transform=static, cache_rate=1.0, num_workers=0, progress=False)
+    cached = spec_cache([{"image": str(e.image), "label": str(e.label)} for e in entries])
     crop = mt.RandSpatialCropSamplesd(
         keys=["image", "label"], roi_size=ROI, num_samples=NUM_SAMPLES, random_size=False
     )
@@ -70,11 +55,10 @@ def spec_pipeline(entries: list) -> tuple[list[dict], object]:
     augment.set_random_state(0)
 
     def draw(i: int) -> dict:
-        patches = [augment(p) for p in crop(cache[i % len(cache)])]
+        patches = [augment(p) for p in crop(cached[i % len(cached)])]
         return {"input": torch.stack([torch.as_tensor(p["image"]) for p in patches]),
                 "target": torch.stack([torch.as_tensor(p["label"]) for p in patches])}
 
-    cached = [cache[i] for i in range(len(cache))]
     return cached, draw
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, overrides: str | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` on the embedded default (plus an optional YAML override)."""
+    configs = [str(ROOT / "config" / "config.yaml")]
+    if overrides:
+        (workdir / "override.yaml").write_text(overrides)
+        configs.append(str(workdir / "override.yaml"))
     cmd = [
         sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(ROOT / "config" / "config.yaml"),
-        "--cores", "2", *args,
+        "--directory", str(workdir), "--configfile", *configs, "--cores", "2", *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
 
@@ -31,16 +37,35 @@ def test_lint_reports_nothing():
 
 
 @pytest.mark.slow
-def test_inventory_target_builds_dataset_and_inventory(tmp_path):
-    proc = snakemake(tmp_path, "results/data/inventory.csv")
+def test_data_and_probe_stages_run_on_the_embedded_default(tmp_path):
+    proc = snakemake(tmp_path, "results/probe/caching_strategy.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    inventory = pd.read_csv(tmp_path / "results/data/inventory.csv")
+    results = tmp_path / "results"
+    inventory = pd.read_csv(results / "data/inventory.csv")
     assert set(inventory["split"]) == {"training", "validation"}
-    assert (tmp_path / "results/data/synthetic/datalist.json").is_file()
-    assert (tmp_path / "results/data/inventory.config.yaml").is_file()
-    assert (tmp_path / "results/data/synthetic/config.yaml").is_file()
-    again = snakemake(tmp_path, "results/data/inventory.csv")
+    for path in ("data/synthetic/datalist.json", "data/synthetic/config.yaml",
+                 "data/inventory.config.yaml", "probe/memory.config.yaml",
+                 "probe/caching_strategy.config.yaml"):
+        assert (results / path).is_file(), path
+    memory = json.loads((results / "probe/memory.json").read_text())
+    assert set(memory["measurements"]) == {"A", "B", "C", "D"}
+    assert memory["spec_cache"]["cached_bytes_per_voxel"] == pytest.approx(60.0)
+    assert memory["data"]["crops"] == len(inventory)
+    choice = json.loads((results / "probe/caching_strategy.json").read_text())
+    assert choice["strategy"] == "B" and choice["requested"] == "auto"
+    assert set(choice["estimates"]) == {"A", "B", "C", "D", "E", "spec"}
+    assert choice["estimates"]["E"]["feasible"] is False
+    again = snakemake(tmp_path, "results/probe/caching_strategy.json")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_forced_strategy_that_cannot_fit_stops_before_training(tmp_path):
+    proc = snakemake(tmp_path, "results/probe/caching_strategy.json",
+                     overrides="caching: {strategy: A, ram_fraction: 0.0001}\n")
+    assert proc.returncode != 0
+    assert "error: caching: strategy A (forced by caching.strategy) cannot be used" in proc.stderr
+    assert not (tmp_path / "results/probe/caching_strategy.json").exists()
 
 
 def test_bad_config_stops_the_workflow_with_one_line(tmp_path):

@@ -68,6 +68,23 @@ def stage_inventory(cfg: Config, out_csv: Path, workers: int = 1) -> None:
     log.info("inventory of %d crops written: %s", len(frame), out_csv)
 
 
+def stage_probe(cfg: Config, inventory: Path, out: Path) -> None:
+    from cellmapseg.probe.memory import run_probe
+
+    config_mod.write_resolved(cfg, out.with_suffix(".config.yaml"))
+    result = run_probe(cfg, inventory, out)
+    log.info("memory probe (%d ranks, %d crops) written: %s", result["probe_ranks"],
+             len(result["probe_crops"]), out)
+
+
+def stage_select_caching(cfg: Config, memory: Path, out: Path) -> None:
+    from cellmapseg.probe.select import write_selection
+
+    config_mod.write_resolved(cfg, out.with_suffix(".config.yaml"))
+    result = write_selection(cfg, memory, out)
+    log.info("caching strategy %s: %s", result["strategy"], result["reason"])
+
+
 # --- command line ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inventory", help="validate the datalist and write the crop inventory")
     s.add_argument("--out", type=Path, default=Path("results/data/inventory.csv"))
     s.add_argument("--workers", type=int, default=1)
+    s = sub.add_parser("probe", help="measure caching strategies' memory with N ranks")
+    s.add_argument("--inventory", type=Path, default=Path("results/data/inventory.csv"))
+    s.add_argument("--out", type=Path, default=Path("results/probe/memory.json"))
+    s = sub.add_parser("select-caching", help="choose the caching strategy from the probe")
+    s.add_argument("--memory", type=Path, default=Path("results/probe/memory.json"))
+    s.add_argument("--out", type=Path, default=Path("results/probe/caching_strategy.json"))
     return p
 
 
@@ -91,6 +114,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
     stages: dict[str, Callable[[], Any]] = {
         "synthetic": lambda: stage_synthetic(cfg, args.out_dir),
         "inventory": lambda: stage_inventory(cfg, args.out, args.workers),
+        "probe": lambda: stage_probe(cfg, args.inventory, args.out),
+        "select-caching": lambda: stage_select_caching(cfg, args.memory, args.out),
     }
     stages[args.stage]()
 

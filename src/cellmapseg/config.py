@@ -47,6 +47,19 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class CachingConfig:
+    strategy: str
+    store_dir: str
+    disk_dir: str
+    d_threshold_mb: float
+    ram_fraction: float
+    rank_allowance_gb: float
+    probe_crops: int
+    probe_max_ranks: int
+    probe_patches: int
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     gpus: int
     cpu_ranks: int
@@ -96,6 +109,7 @@ class ModelConfig:
 class Config:
     seed: int
     data: DataConfig
+    caching: CachingConfig
     train: TrainConfig
     models: dict[str, ModelConfig]
     raw: dict[str, Any] = dataclasses.field(repr=False, compare=False)
@@ -230,7 +244,8 @@ def _build(cls: type, value: Any) -> Any:
 def from_dict(raw: dict[str, Any]) -> Config:
     resolved = validate(raw)
     hints = typing.get_type_hints(Config)
-    parts = {k: _build(hints[k], resolved[k]) for k in ("seed", "data", "train", "models")}
+    keys = [f.name for f in dataclasses.fields(Config) if f.name != "raw"]
+    parts = {k: _build(hints[k], resolved[k]) for k in keys}
     return Config(**parts, raw=resolved)
 
 

@@ -1,0 +1,1 @@
+"""Memory probe and caching-strategy selection: the first two stages before training."""

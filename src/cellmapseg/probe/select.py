@@ -1,0 +1,195 @@
+"""Caching-strategy selection → results/probe/caching_strategy.json (what training reads).
+
+Estimates each strategy's RAM per rank and per node for the whole dataset at the planned world
+size from the probe's measured bytes per voxel, checks it against the budget
+(available RAM x ram_fraction - rank_allowance x world size, plus the folder space a store
+needs) and picks one: `auto` prefers B, then D, then C; a forced strategy that cannot fit stops
+here, before any GPU work, with the estimate that rules it out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cellmapseg.atomic import write_json
+from cellmapseg.config import Config
+from cellmapseg.data.caching import E_REASON
+from cellmapseg.errors import InputError
+
+PREFERENCE = ("B", "D", "C")
+VERSION = 1
+GiB = 2**30
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def estimates(memory: dict[str, Any], world: int) -> dict[str, dict[str, Any]]:
+    """RAM per rank and per node for each strategy (bytes), from the measured bytes/voxel."""
+    data, meas = memory["data"], memory["measurements"]
+    voxels, probe_vox = data["voxels"], memory["probe_voxels"]
+    out: dict[str, dict[str, Any]] = {}
+
+    def scaled(s: str, vox: int) -> tuple[float, float]:
+        m = meas[s]
+        private = m["private_bytes_per_voxel_per_rank"] * vox
+        shared = m["shared_bytes_per_voxel"] * vox
+        return private + shared / world, world * private + shared
+
+    def residual(s: str) -> float:  # what stays in a rank after per-access reads (not scaled)
+        return max(meas[s]["private_bytes_per_voxel_per_rank"] * probe_vox, 0.0)
+
+    if "A" in meas:
+        rank, node = scaled("A", voxels)
+        out["A"] = {"per_rank_bytes": rank, "per_node_bytes": node,
+                    "model": "private bytes/voxel x all voxels, in every rank"}
+    if "B" in meas:
+        rank, node = scaled("B", voxels)
+        out["B"] = {"per_rank_bytes": rank, "per_node_bytes": node,
+                    "store_bytes": data["store_bytes"], "folder": "store_dir",
+                    "model": "shared bytes/voxel x all voxels once per node + private per rank"}
+    if "C" in meas:
+        rank = residual("C") + data["largest_crop_bytes"]
+        out["C"] = {"per_rank_bytes": rank, "per_node_bytes": world * rank,
+                    "store_bytes": data["store_bytes"], "folder": "disk_dir",
+                    "model": "largest crop read whole (validation) + measured residual, per rank"}
+    if "A" in meas and "C" in meas:
+        # Composed from A (small crops) and C (large ones): the probe crops are rarely large,
+        # so D's own probe figure (kept in memory.json) mostly repeats A's.
+        rank = (meas["A"]["private_bytes_per_voxel_per_rank"] * data["small_voxels"]
+                + residual("C") + data["largest_large_crop_bytes"])
+        out["D"] = {"per_rank_bytes": rank, "per_node_bytes": world * rank,
+                    "store_bytes": data["large_store_bytes"], "folder": "disk_dir",
+                    "model": "A's bytes/voxel x small-crop voxels + largest large crop, per rank"}
+    if "A" in out:
+        out["E"] = {**out["A"], "model": "as A (measured): ranks inherit nothing under torchrun"}
+    spec = memory.get("spec_cache")
+    if spec:
+        rank = spec["cached_bytes_per_voxel"] * voxels
+        out["spec"] = {"per_rank_bytes": rank, "per_node_bytes": world * rank,
+                       "model": "spec's CacheDataset: measured bytes/voxel x all voxels per rank"}
+    return out
+
+
+def _fits(name: str, est: dict[str, Any], budget: float, memory: dict[str, Any],
+          cfg: Config) -> tuple[bool, str]:
+    if name == "E":
+        return False, f"rejected: {E_REASON} (A measured: {_fmt(est['per_node_bytes'])} per node)"
+    if name == "spec":
+        return False, "reference only: the spec's design, not selectable"
+    if est["per_node_bytes"] > budget:
+        return False, f"needs {_fmt(est['per_node_bytes'])} per node > budget {_fmt(budget)}"
+    folder_key = est.get("folder")
+    if folder_key:
+        folder = memory["host"][folder_key]
+        if est["store_bytes"] > folder["free_bytes"]:
+            path = getattr(cfg.caching, folder_key)
+            return False, (f"store needs {_fmt(est['store_bytes'])} but {path} has "
+                           f"{_fmt(folder['free_bytes'])} free")
+    return True, f"fits: {_fmt(est['per_node_bytes'])} per node <= budget {_fmt(budget)}"
+
+
+def select(memory: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    world = memory["world_size"]
+    available = memory["host"]["job_available_bytes"]
+    allowance = cfg.caching.rank_allowance_gb * GiB
+    budget = available * cfg.caching.ram_fraction - allowance * world
+    table = estimates(memory, world)
+    for name in ("A", "B", "C", "D", "E"):
+        if name not in table:
+            why = memory.get("skipped", {}).get(name, "not measured by the probe")
+            table[name] = {"per_rank_bytes": None, "per_node_bytes": None, "feasible": False,
+                           "why": f"not measured: {why}"}
+    for name, est in table.items():
+        if "feasible" not in est:
+            est["feasible"], est["why"] = _fits(name, est, budget, memory, cfg)
+    requested = cfg.caching.strategy
+    chosen = _choose(requested, table, budget)
+    return {
+        "version": VERSION,
+        "strategy": chosen,
+        "requested": requested,
+        "reason": _reason(chosen, requested, table, memory, cfg, budget, available),
+        "world_size": world,
+        "available_bytes": available,
+        "ram_fraction": cfg.caching.ram_fraction,
+        "rank_allowance_bytes": allowance,
+        "budget_bytes": budget,
+        "store_dir": cfg.caching.store_dir,
+        "disk_dir": cfg.caching.disk_dir,
+        "d_threshold_mb": cfg.caching.d_threshold_mb,
+        "estimates": {k: table[k] for k in ("A", "B", "C", "D", "E", "spec") if k in table},
+    }
+
+
+def _choose(requested: str, table: dict[str, dict[str, Any]], budget: float) -> str:
+    if requested != "auto":
+        est = table[requested]
+        if not est["feasible"]:
+            raise InputError(f"caching: strategy {requested} (forced by caching.strategy) cannot "
+                             f"be used: {est['why']}")
+        return requested
+    for name in PREFERENCE:
+        if table[name]["feasible"]:
+            return name
+    lines = "; ".join(f"{k}: {table[k]['why']}" for k in ("A", "B", "C", "D", "E"))
+    raise InputError(f"caching: no strategy fits the RAM budget of {_fmt(budget)} ({lines})")
+
+
+def _reason(chosen: str, requested: str, table: dict[str, dict[str, Any]],
+            memory: dict[str, Any], cfg: Config, budget: float, available: float) -> str:
+    data, world = memory["data"], memory["world_size"]
+    est = table[chosen]
+    how = {
+        "A": "every rank holds its own copy of all crops",
+        "B": f"one read-only store of all {data['crops']} crops in {cfg.caching.store_dir}, "
+             f"memory-mapped by all {world} ranks and their loader workers",
+        "C": f"the compact store on disk in {cfg.caching.disk_dir}, read per access",
+        "D": f"{data['small_crops']} crops up to {cfg.caching.d_threshold_mb:g} MiB in each "
+             f"rank's RAM, {data['large_crops']} larger ones read per access from "
+             f"{cfg.caching.disk_dir}",
+    }[chosen]
+    why = "forced by caching.strategy" if requested != "auto" else _auto_why(chosen, table)
+    parts = [
+        f"Strategy {chosen} ({why}): {how}.",
+        f"Estimated {_fmt(est['per_node_bytes'])} per node ({_fmt(est['per_rank_bytes'])} per "
+        f"rank) for {data['voxels']:,} voxels at world size {world}, from "
+        f"{memory['probe_ranks']} probe ranks x {len(memory['probe_crops'])} crops.",
+        f"Budget {_fmt(budget)} = {cfg.caching.ram_fraction:g} x {_fmt(available)} available "
+        f"- {world} x {cfg.caching.rank_allowance_gb:g} GiB per rank.",
+    ]
+    if table["A"].get("per_node_bytes") is not None and chosen != "A":
+        parts.append(f"A would need {_fmt(table['A']['per_node_bytes'])}.")
+    if "spec" in table:
+        parts.append(f"The spec's CacheDataset would hold "
+                     f"{memory['spec_cache']['cached_bytes_per_voxel']:.1f} bytes/voxel per rank: "
+                     f"{_fmt(table['spec']['per_node_bytes'])} per node.")
+    return " ".join(parts)
+
+
+def _auto_why(chosen: str, table: dict[str, dict[str, Any]]) -> str:
+    passed = [n for n in PREFERENCE[: PREFERENCE.index(chosen)]]
+    if not passed:
+        return "auto: the preferred strategy fits"
+    return "auto: " + "; ".join(f"{n} ruled out, {table[n]['why']}" for n in passed)
+
+
+def write_selection(cfg: Config, memory_json: str | Path, out_json: str | Path) -> dict[str, Any]:
+    memory = json.loads(Path(memory_json).read_text())
+    result = select(memory, cfg)
+    write_json(out_json, result)
+    return result
+
+
+def read_selection(path: str | Path) -> dict[str, Any]:
+    """The strategy training must use (nothing else decides it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"caching: {path} not found (run the select_caching rule)") from None
