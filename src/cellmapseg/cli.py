@@ -85,6 +85,43 @@ def stage_select_caching(cfg: Config, memory: Path, out: Path) -> None:
     log.info("caching strategy %s: %s", result["strategy"], result["reason"])
 
 
+def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir: Path,
+                threads: int | None = None) -> None:
+    """Check what can be checked before any GPU work, then start the ranks with torchrun."""
+    import os
+    import subprocess
+
+    from cellmapseg.launch import torchrun_command
+    from cellmapseg.models.networks import check_roi
+    from cellmapseg.probe.memory import read_inventory
+    from cellmapseg.probe.select import read_selection
+    from cellmapseg.train.data import check_batch
+
+    m = cfg.model(model)
+    check_roi(model, m)
+    inv = read_inventory(inventory)
+    check_batch(model, m, int((inv["split"] == "training").sum()), cfg.train.world_size)
+    read_selection(caching)
+    resolved = out_dir / "config.yaml"
+    config_mod.write_resolved(cfg, resolved)
+    world = cfg.train.world_size
+    cmd = torchrun_command(world, "cellmapseg.train.run", [
+        "--model", model, "--config", resolved, "--inventory", inventory, "--caching", caching,
+        "--out", out_dir])
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (threads or os.cpu_count() or 1) // world))}
+    train_log = out_dir / "train.log"
+    log.info("training %s with %d rank(s); log: %s", model, world, train_log)
+    with open(train_log, "a") as fh:  # appended: a resumed run continues the same log
+        proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        text = train_log.read_text(errors="replace").splitlines()
+        errors = list(dict.fromkeys(ln[len("error: "):] for ln in text if ln.startswith("error: ")))
+        if errors:
+            raise InputError("\n".join(errors))
+        raise RuntimeError(f"training {model} failed (torchrun exit {proc.returncode}); "
+                           f"see {train_log}")
+
+
 # --- command line ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("select-caching", help="choose the caching strategy from the probe")
     s.add_argument("--memory", type=Path, default=Path("results/probe/memory.json"))
     s.add_argument("--out", type=Path, default=Path("results/probe/caching_strategy.json"))
+    s = sub.add_parser("train", help="train one model config (torchrun, resumable)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--inventory", type=Path, default=Path("results/data/inventory.csv"))
+    s.add_argument("--caching", type=Path, default=Path("results/probe/caching_strategy.json"))
+    s.add_argument("--out", type=Path, default=None, help="default: results/{model}/train")
+    s.add_argument("--threads", type=int, default=None)
     return p
 
 
@@ -116,6 +159,9 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
         "inventory": lambda: stage_inventory(cfg, args.out, args.workers),
         "probe": lambda: stage_probe(cfg, args.inventory, args.out),
         "select-caching": lambda: stage_select_caching(cfg, args.memory, args.out),
+        "train": lambda: stage_train(cfg, args.model, args.inventory, args.caching,
+                                     args.out or Path(f"results/{args.model}/train"),
+                                     args.threads),
     }
     stages[args.stage]()
 

@@ -60,6 +60,18 @@ class CachingConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    overlap: float
+    sigma_scale: float
+    sw_batch_size: int
+    threshold: float | tuple[float, ...]
+
+    def thresholds(self) -> list[float]:
+        t = self.threshold
+        return list(t) if isinstance(t, tuple) else [float(t)] * NUM_CLASSES
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     gpus: int
     cpu_ranks: int
@@ -111,6 +123,7 @@ class Config:
     data: DataConfig
     caching: CachingConfig
     train: TrainConfig
+    inference: InferenceConfig
     models: dict[str, ModelConfig]
     raw: dict[str, Any] = dataclasses.field(repr=False, compare=False)
 

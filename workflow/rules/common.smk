@@ -6,3 +6,7 @@ from cellmapseg.config import from_dict
 
 with bad_input_exits():
     CFG = from_dict(config)
+
+
+wildcard_constraints:
+    model="|".join(CFG.models) or "__no_models__",

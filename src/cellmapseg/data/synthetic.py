@@ -52,7 +52,7 @@ _BASE = np.array(
     [150, 205, 32, 38, 112, 30, 40, 176, 35, 186, 40, 138, 45, 172, 128], dtype=np.float32)
 _TEXTURE = np.array(  # texture amplitude per label value
     [8, 6, 3, 3, 10, 3, 3, 5, 3, 5, 3, 16, 3, 5, 8], dtype=np.float32)
-_ENVELOPE = 62.0  # nuclear envelope (inside the nuc label)
+_ENVELOPE = 50.0  # nuclear envelope (inside the nuc label)
 _CHROMATIN_DROP = 45.0  # heterochromatin is darker than nucleoplasm
 _PSF_SIGMA = 0.7
 _GZIP_LEVEL = 1  # noisy float images barely compress; favour speed
@@ -317,7 +317,7 @@ def _cell_ids(rng: np.random.Generator, shape: tuple[int, ...], n: int, size: fl
 def _nucleus(rng: np.random.Generator, canvas: _Canvas, typical: float) -> np.ndarray:
     """A large blobby nucleus deep inside a cell (may extend beyond the crop)."""
     depth = ndi.distance_transform_edt(canvas.label == 0)  # distance to pm / ECS
-    radius = typical * rng.uniform(0.17, 0.27)
+    radius = typical * rng.uniform(0.3, 0.45)  # nuclei are the largest organelle
     centres = np.flatnonzero(depth >= min(0.6 * radius, float(depth.max())))
     center = np.array(np.unravel_index(centres[rng.integers(centres.size)], depth.shape))
     grid = np.ogrid[tuple(slice(0, s) for s in depth.shape)]
@@ -466,9 +466,11 @@ def _render(rng: np.random.Generator, label: np.ndarray, look: Appearance) -> np
     nucleus = label == NUC
     if nucleus.any():
         periphery = nucleus & ~ndi.binary_erosion(nucleus, iterations=3, border_value=1)
-        chromatin = nucleus & (_smooth_noise(rng, shape, 5.0) > 0.7 - 1.2 * periphery)
+        chromatin = nucleus & (_smooth_noise(rng, shape, 5.0) > 0.4 - 1.2 * periphery)
         image[chromatin] -= _CHROMATIN_DROP
-        image[nucleus & ~ndi.binary_erosion(nucleus, border_value=1)] = _ENVELOPE
+        # a double membrane: 2 voxels, so that it survives the PSF blur as a dark line
+        envelope = nucleus & ~ndi.binary_erosion(nucleus, iterations=2, border_value=1)
+        image[envelope] = _ENVELOPE
     image = ndi.gaussian_filter(image, _PSF_SIGMA)
     image = look.gain * (image - 128.0) + 128.0 + look.offset
     image += look.noise_sd * rng.standard_normal(shape).astype(np.float32)

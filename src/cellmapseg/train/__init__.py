@@ -1,0 +1,1 @@
+"""Training: DDP loop, schedule, checkpoints and resume (one run per model config)."""

@@ -1,0 +1,61 @@
+"""Process-group setup for ranks started by torchrun: NCCL on GPUs, gloo on CPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cellmapseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(gpus: int, timeout_s: float = 1800.0) -> Dist:
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if gpus > 0:
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible < int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+            raise InputError(f"config: key 'train.gpus' = {gpus} but this node shows {visible} "
+                             "CUDA device(s) to torch")
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return Dist(rank=rank, world=world, local_rank=local, device=device)
+
+
+def all_gather(obj: Any) -> list[Any]:  # noqa: ANN401 - any picklable value
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean(value: torch.Tensor) -> float:
+    """Mean of a device scalar over ranks (one host sync, at epoch end)."""
+    total = value.detach().clone().float()
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

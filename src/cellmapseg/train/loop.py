@@ -1,0 +1,231 @@
+"""The DDP training loop of one model config, run in every rank started by torchrun.
+
+Per epoch: DistributedSampler epoch, compact batches moved to the device and expanded there,
+bf16 autocast on CUDA (no GradScaler: bf16 needs none), gradient accumulation with no_sync,
+grad-norm clipping, warmup+cosine per optimizer step, loss summed on the device (one host sync
+per epoch). Validation every eval_epochs and at the end; `last` every epoch and `best` on
+improvement, atomically. A rerun resumes from `last` and finishes the same schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from cellmapseg.atomic import atomic_path, write_json
+from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.config import Config, to_yaml
+from cellmapseg.data.batch import prepare_batch
+from cellmapseg.models.net import Net
+from cellmapseg.models.networks import count_parameters
+from cellmapseg.train import checkpoint
+from cellmapseg.train.data import TrainData, make_data, steps_per_epoch
+from cellmapseg.train.distributed import Dist, all_gather, mean
+from cellmapseg.train.schedule import make_scheduler
+from cellmapseg.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+class Paths:
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.last = self.out / "checkpoints" / "last.pt"
+        self.best = self.out / "checkpoints" / "best.pt"
+        self.metrics = self.out / "metrics.csv"
+        self.summary = self.out / "summary.json"
+
+
+def metric_columns() -> list[str]:
+    return ["epoch", "step", "train_loss", "lr", "seconds", "patches_per_s", "peak_host_rss_bytes",
+            "peak_gpu_bytes", "val_dice_mean", *(f"val_dice_{n}" for n in CLASS_NAMES)]
+
+
+class Trainer:
+    def __init__(self, cfg: Config, name: str, inventory: pd.DataFrame,
+                 selection: dict[str, Any], d: Dist, out: str | Path) -> None:
+        self.cfg, self.name, self.m, self.d = cfg, name, cfg.models[name], d
+        self.paths = Paths(out)
+        self.data: TrainData = make_data(cfg, name, inventory, selection, d)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.net = Net(name, self.m).to(d.device)
+        self.parameters = count_parameters(self.net)
+        self.model = DDP(self.net, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                         find_unused_parameters=False)
+        self.steps_per_epoch = steps_per_epoch(len(self.data.loader.dataset), d.world,
+                                               self.m.batch_size, self.m.grad_accumulation)
+        self.total_steps = self.steps_per_epoch * self.m.epochs
+        opt_cls = torch.optim.AdamW if self.m.optimizer == "AdamW" else torch.optim.Adam
+        self.optimizer = opt_cls(self.net.parameters(), lr=self.m.lr,
+                                 weight_decay=self.m.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.m.warmup)
+        self.epoch = self.step = 0
+        self.best_score, self.best_epoch = -math.inf, -1
+        self.history: list[dict[str, float]] = []
+        torch.manual_seed(cfg.seed + 1000 * (d.rank + 1))  # Mixup draws differ per rank
+        self._resume()
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _network_dict(self) -> dict[str, Any]:
+        return self.cfg.raw["models"][self.name]["network"]
+
+    def _state(self) -> dict[str, Any]:
+        cuda = self.d.device.type == "cuda"
+        rng_cpu = all_gather(torch.get_rng_state())
+        rng_cuda = all_gather(torch.cuda.get_rng_state(self.d.device) if cuda else None)
+        return {
+            "model_name": self.name, "network": self._network_dict(),
+            "config_yaml": to_yaml(self.cfg), "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "best_score": self.best_score,
+            "best_epoch": self.best_epoch, "history": self.history, "world_size": self.d.world,
+            "rng_cpu": rng_cpu, "rng_cuda": rng_cuda if cuda else [],
+        }
+
+    def _resume(self) -> None:
+        if not self.paths.last.is_file():
+            return
+        state = checkpoint.load(self.paths.last, self.name, self._network_dict())
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        self.history = list(state["history"])
+        if state["world_size"] == self.d.world:
+            torch.set_rng_state(state["rng_cpu"][self.d.rank])
+            if state["rng_cuda"]:
+                torch.cuda.set_rng_state(state["rng_cuda"][self.d.rank], self.d.device)
+        if self.d.is_main:
+            log.info("resumed %s from %s at epoch %d, step %d", self.name, self.paths.last,
+                     self.epoch, self.step)
+
+    def _save(self, improved: bool) -> None:
+        state = self._state()  # collective: every rank contributes its RNG state
+        if self.d.is_main:
+            checkpoint.save(self.paths.last, state)
+            if improved:
+                checkpoint.save(self.paths.best, state)
+            self._write_metrics()
+        torch.distributed.barrier()
+
+    def _write_metrics(self) -> None:
+        frame = pd.DataFrame(self.history, columns=metric_columns())
+        with atomic_path(self.paths.metrics) as tmp:
+            frame.to_csv(tmp, index=False)
+
+    # --- one epoch --------------------------------------------------------------------------
+
+    def _train_epoch(self) -> tuple[float, int]:
+        self.model.train()
+        self.data.sampler.set_epoch(self.epoch)
+        accum = self.m.grad_accumulation
+        micro_steps = self.steps_per_epoch * accum
+        loss_sum = torch.zeros((), device=self.d.device)
+        progress = _progress(micro_steps, f"{self.name} epoch {self.epoch + 1}", self.d.is_main)
+        done = 0
+        for i, batch in enumerate(self.data.loader):
+            if i >= micro_steps:
+                break
+            b = prepare_batch(batch, self.d.device)
+            last_micro = (i + 1) % accum == 0
+            sync = nullcontext() if last_micro else self.model.no_sync()
+            with sync:  # Net applies bf16 autocast itself (network, Mixup and loss together)
+                out = self.model({"input": b.input, "target": b.target,
+                                  "annotation_mask": b.annotation_mask, "valid": b.valid})
+                (out["loss"] / accum).backward()
+            loss_sum += out["loss"].detach()
+            done += 1
+            if last_micro:
+                if self.m.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.m.clip_grad)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+            progress.update(1)
+        progress.close()
+        patches = done * self.m.batch_size * self.m.num_samples * self.d.world
+        return mean(loss_sum / max(done, 1)), patches
+
+    def _validate(self) -> tuple[float, dict[str, float]]:
+        self.net.eval()
+        score = validate(self.net.predict, self.data.validation, self.d, self.m.roi_size,
+                         self.cfg.inference)
+        self.net.train()
+        return score
+
+    def fit(self) -> dict[str, Any]:
+        while self.epoch < self.m.epochs:
+            if self.d.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.d.device)
+            start = time.perf_counter()
+            loss, patches = self._train_epoch()
+            seconds = time.perf_counter() - start
+            lr = self.scheduler.get_last_lr()[0]
+            self.epoch += 1
+            row: dict[str, float] = {
+                "epoch": self.epoch, "step": self.step, "train_loss": loss, "lr": lr,
+                "seconds": seconds, "patches_per_s": patches / seconds,
+                "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak_gpu_bytes": (torch.cuda.max_memory_allocated(self.d.device)
+                                   if self.d.device.type == "cuda" else 0),
+            }
+            improved = False
+            if self.epoch % self.m.eval_epochs == 0 or self.epoch == self.m.epochs:
+                score, per_class = self._validate()
+                row["val_dice_mean"] = score
+                row.update({f"val_dice_{n}": v for n, v in per_class.items()})
+                improved = score > self.best_score or self.best_epoch < 0
+                if improved:
+                    self.best_score, self.best_epoch = score, self.epoch
+            self.history.append(row)
+            if self.d.is_main:
+                log.info("%s epoch %d/%d step %d loss %.4f lr %.2e %.1fs%s", self.name,
+                         self.epoch, self.m.epochs, self.step, loss, lr, seconds,
+                         f" val dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else "")
+            self._save(improved)
+        return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
+        rows = pd.DataFrame(self.history, columns=metric_columns())
+        summary = {
+            "model": self.name, "network": self.m.network.type, "parameters": self.parameters,
+            "epochs": self.epoch, "steps": self.step, "best_epoch": self.best_epoch,
+            "best_val_dice": self.best_score, "wall_seconds": float(rows["seconds"].sum()),
+            "patches_per_s": float(rows["patches_per_s"].mean()),
+            "peak_host_rss_bytes": int(rows["peak_host_rss_bytes"].max()),
+            "peak_gpu_bytes": int(rows["peak_gpu_bytes"].max()),
+            "caching_strategy": self.data.strategy, "world_size": self.d.world,
+            "device": self.d.device.type, "checkpoint_best": "checkpoints/best.pt",
+            "checkpoint_last": "checkpoints/last.pt",
+        }
+        if self.d.is_main:
+            write_json(self.paths.summary, summary)
+        return summary
+
+
+class _NoProgress:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, desc: str, main: bool) -> Any:  # noqa: ANN401 - tqdm or a stub
+    """A tqdm bar on rank 0 when attached to a terminal; nothing in batch jobs and logs."""
+    if main and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False)
+    return _NoProgress()

@@ -1,0 +1,40 @@
+"""Entry point of one training rank (started by torchrun; see cellmapseg.cli.stage_train).
+
+    torchrun --standalone --nnodes=1 --nproc_per_node=N -m cellmapseg.train.run \
+        --model NAME --config RESOLVED.yaml --inventory INV.csv --caching STRATEGY.json --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cellmapseg import config as config_mod
+from cellmapseg.cli import bad_input_exits, setup_logging
+from cellmapseg.probe.memory import read_inventory
+from cellmapseg.probe.select import read_selection
+from cellmapseg.train import distributed
+from cellmapseg.train.loop import Trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser()
+    for flag in ("--model", "--config", "--inventory", "--caching", "--out"):
+        p.add_argument(flag, required=True)
+    args = p.parse_args(argv)
+    setup_logging()
+    with bad_input_exits():
+        cfg = config_mod.load(args.config)
+        d = distributed.setup(cfg.train.gpus)
+        try:
+            trainer = Trainer(cfg, args.model, read_inventory(args.inventory),
+                              read_selection(args.caching), d, args.out)
+            summary = trainer.fit()
+            if d.is_main:
+                print(json.dumps(summary))
+        finally:
+            distributed.teardown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Training: a 2-rank gloo DDP run, resume after a kill, checkpoints, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from cellmapseg.config import from_dict
+from cellmapseg.data.inventory import write_inventory
+from cellmapseg.data.synthetic import generate
+from cellmapseg.errors import InputError
+from cellmapseg.train import checkpoint
+
+TINY_MODEL = {
+    "network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
+    "ds_weights": [1.0, 0.5], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
+    "train_sub_epochs": 2, "epochs": 4, "eval_epochs": 2, "lr": 0.003, "mixup_p": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny synthetic dataset, its inventory and a caching decision (strategy A)."""
+    root = tmp_path_factory.mktemp("train")
+    syn = {"n_train": 4, "n_val": 2, "shape": [24, 24, 24], "large_shape": [32, 32, 32],
+           "small_shape": [12, 24, 24], "seed": 5}
+    raw = {"data": {"synthetic": syn}}
+    datalist = generate(from_dict(raw).data.synthetic, (8.0,) * 3, root / "data")
+    raw["data"]["datalist"] = str(datalist)
+    write_inventory(from_dict(raw), root / "inventory.csv")
+    selection = {"strategy": "A", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
+                 "d_threshold_mb": 500}
+    (root / "caching.json").write_text(json.dumps(selection))
+    return root, raw
+
+
+def write_config(root: Path, raw: dict, cpu_ranks: int = 1, **model) -> Path:
+    cfg = {**raw, "train": {"cpu_ranks": cpu_ranks, "num_workers": 0},
+           "models": {"tiny": {**TINY_MODEL, **model}}}
+    path = root / f"config_{cpu_ranks}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_cmd(root: Path, config: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "cellmapseg", "-c", str(config), "train", "--model", "tiny",
+            "--inventory", str(root / "inventory.csv"), "--caching", str(root / "caching.json"),
+            "--out", str(out), "--threads", "2"]
+
+
+def run_training(root: Path, config: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(root, config, out), capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_ddp_run_trains_and_writes_its_outputs(setup, tmp_path):
+    root, raw = setup
+    out = tmp_path / "run"
+    proc = run_training(root, write_config(tmp_path, raw, cpu_ranks=2, epochs=2), out)
+    assert proc.returncode == 0, (proc.stderr + (out / "train.log").read_text())[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    # 4 crops x 2 sub-epochs = 8 items over 2 ranks, batch 2 -> 2 steps per epoch
+    assert summary["steps"] == 4
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2] and metrics["train_loss"].notna().all()
+    assert metrics["val_dice_mean"].notna().iloc[-1]
+    assert (out / "config.yaml").is_file() and (out / "checkpoints/best.pt").is_file()
+    state = checkpoint.load(out / "checkpoints/last.pt", "tiny")
+    assert state["epoch"] == 2 and len(state["rng_cpu"]) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(setup, tmp_path):
+    root, raw = setup
+    config = write_config(tmp_path, raw, epochs=4)
+    whole = tmp_path / "whole"
+    assert run_training(root, config, whole).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(root, config, killed), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill -9 once epoch 2 is checkpointed
+        last = killed / "checkpoints/last.pt"
+        if last.is_file() and checkpoint.load(last)["epoch"] >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert proc.returncode != 0, "training finished before it could be killed"
+    assert not (killed / "summary.json").exists()
+    epoch_at_kill = checkpoint.load(killed / "checkpoints/last.pt")["epoch"]
+    assert 2 <= epoch_at_kill < 4
+
+    again = run_training(root, config, killed)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = pd.read_csv(whole / "metrics.csv")
+    b = pd.read_csv(killed / "metrics.csv")
+    assert list(b["epoch"]) == [1, 2, 3, 4]
+    assert json.loads((killed / "summary.json").read_text())["steps"] == json.loads(
+        (whole / "summary.json").read_text())["steps"]
+    assert list(b["step"]) == list(a["step"])
+    # Same seed, per-item data RNG and restored torch RNG: the curve continues where it stopped.
+    # Tolerance 1e-4 relative covers float reduction order; on CPU it is usually exact.
+    pd.testing.assert_series_equal(a["train_loss"], b["train_loss"], rtol=1e-4)
+    pd.testing.assert_series_equal(a["val_dice_mean"], b["val_dice_mean"], rtol=1e-4)
+    assert "resumed tiny" in (killed / "train.log").read_text()
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model_name": "other", "network": {"type": "segresnet"},
+                           "model": {"w": torch.zeros(2)}})
+    with pytest.raises(InputError, match="written for model 'other', not 'tiny'"):
+        checkpoint.load(path, "tiny")
+    with pytest.raises(InputError, match="network config"):
+        checkpoint.load(path, "other", {"type": "swinunetr"})
+
+
+def test_truncated_or_missing_checkpoint_fails_in_one_line(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model_name": "m", "model": {"w": torch.zeros(1000)}})
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        checkpoint.load(path)
+    with pytest.raises(InputError, match="file not found"):
+        checkpoint.load(tmp_path / "nope.pt")
+
+
+def test_checkpoints_load_with_weights_only(tmp_path, monkeypatch):
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    path = tmp_path / "c.pt"
+    checkpoint.save(path, {"model_name": "m", "model": {"w": torch.ones(1)}})
+    checkpoint.load(path)
+    assert calls and all(k.get("weights_only") is True for k in calls)
+
+
+def test_batch_larger_than_the_data_allows_stops_before_training(setup, tmp_path):
+    root, raw = setup
+    proc = run_training(root, write_config(tmp_path, raw, batch_size=64), tmp_path / "x")
+    assert proc.returncode != 0
+    assert "error: config: key 'models.tiny.batch_size' = 64 is larger than the data allows" in (
+        proc.stderr)
+    assert not (tmp_path / "x" / "train.log").exists()
