@@ -155,3 +155,36 @@ def test_batch_larger_than_the_data_allows_stops_before_training(setup, tmp_path
     assert "error: config: key 'models.tiny.batch_size' = 64 is larger than the data allows" in (
         proc.stderr)
     assert not (tmp_path / "x" / "train.log").exists()
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_takes_one_optimizer_step_per_group(setup, tmp_path):
+    root, raw = setup
+    out = tmp_path / "accum"
+    # 4 crops x 2 sub-epochs = 8 items, batch 2 -> 4 micro-batches -> 2 steps with accumulation 2
+    proc = run_training(root, write_config(tmp_path, raw, epochs=1, eval_epochs=1,
+                                           grad_accumulation=2), out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_steps_per_epoch_follow_ranks_batch_and_accumulation():
+    from cellmapseg.train.data import steps_per_epoch
+
+    assert steps_per_epoch(20, 1, 2, 1) == 10
+    assert steps_per_epoch(20, 2, 2, 1) == 5
+    assert steps_per_epoch(21, 2, 2, 1) == 5  # the sampler pads 21 to 2 x 11; 11 // 2 = 5
+    assert steps_per_epoch(20, 1, 2, 3) == 3
+    assert steps_per_epoch(3, 2, 2, 1) == 1
+
+
+@pytest.mark.slow
+def test_a_changed_config_does_not_resume_an_old_checkpoint(setup, tmp_path):
+    root, raw = setup
+    out = tmp_path / "changed"
+    assert run_training(root, write_config(tmp_path, raw, epochs=1), out).returncode == 0
+    proc = run_training(root, write_config(tmp_path, raw, epochs=2, lr=0.01), out)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1
+    assert "written under a different configuration (changed: model.epochs, model.lr)" in lines[0]

@@ -45,3 +45,22 @@ def load(path: str | Path, model_name: str | None = None,
         raise InputError(f"checkpoint {path}: network config {state.get('network')} differs from "
                          f"the configured {network}")
     return state
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:  # noqa: ANN401
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_same_run(path: Path, state: dict[str, Any], run_config: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint written under another configuration: continuing it would
+    mix two schedules, and silently starting over would throw away a long run."""
+    changed = _differences(state.get("run_config"), run_config)
+    if changed:
+        raise InputError(
+            f"checkpoint {path}: written under a different configuration (changed: "
+            f"{', '.join(changed)}); restore that configuration to resume, or delete "
+            f"{path.parent} to train from scratch"
+        )

@@ -80,13 +80,18 @@ class Trainer:
     def _network_dict(self) -> dict[str, Any]:
         return self.cfg.raw["models"][self.name]["network"]
 
+    def _run_config(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: this model's section and the seed."""
+        return {"seed": self.cfg.seed, "model": self.cfg.raw["models"][self.name]}
+
     def _state(self) -> dict[str, Any]:
         cuda = self.d.device.type == "cuda"
         rng_cpu = all_gather(torch.get_rng_state())
         rng_cuda = all_gather(torch.cuda.get_rng_state(self.d.device) if cuda else None)
         return {
             "model_name": self.name, "network": self._network_dict(),
-            "config_yaml": to_yaml(self.cfg), "model": self.net.state_dict(),
+            "config_yaml": to_yaml(self.cfg), "run_config": self._run_config(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch, "step": self.step, "best_score": self.best_score,
             "best_epoch": self.best_epoch, "history": self.history, "world_size": self.d.world,
@@ -97,6 +102,7 @@ class Trainer:
         if not self.paths.last.is_file():
             return
         state = checkpoint.load(self.paths.last, self.name, self._network_dict())
+        checkpoint.check_same_run(self.paths.last, state, self._run_config())
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

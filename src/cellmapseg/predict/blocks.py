@@ -1,0 +1,79 @@
+"""Block-wise sliding-window inference that equals a whole-volume run.
+
+MONAI's `sliding_window_inference` places windows on a grid fixed by the image size: starts at
+multiples of the scan interval, the last one moved back to end at the border. A block's core is
+predicted by running MONAI's inferer on the smallest region that holds every global window
+touching the core; that region starts and ends on the global grid, so MONAI places exactly the
+same windows there and the Gaussian blend at every core voxel matches the whole-volume result.
+Memory is bounded by the region (block + up to one window per side), never by the crop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from monai.data.utils import dense_patch_slices
+
+from cellmapseg.config import InferenceConfig
+from cellmapseg.inference import sliding_window_logits
+
+Span = tuple[int, int]
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis, as MONAI's sliding_window_inference places them."""
+    padded = max(size, roi)
+    # MONAI's _get_scan_interval: one window when it spans the axis, else roi * (1 - overlap)
+    interval = roi if roi == padded else max(int(roi * (1 - overlap)), 1)
+    return [s[0].start for s in dense_patch_slices((padded,), (roi,), (interval,))]
+
+
+def region(core: Span, size: int, roi: int, overlap: float) -> Span:
+    """The span of all windows that touch `core` (the whole axis when it is shorter than roi)."""
+    if size <= roi:
+        return 0, size
+    b0, b1 = core
+    touching = [s for s in window_starts(size, roi, overlap) if s < b1 and s + roi > b0]
+    return min(touching), max(touching) + roi
+
+
+def blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[Span, ...]]:
+    """Core spans of the blocks tiling `shape`, in C order."""
+    axes = [[(b, min(b + k, n)) for b in range(0, n, k)] for n, k in zip(shape, block, strict=True)]
+    return itertools.product(*axes)
+
+
+def predict_blocks(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    mean: float,
+    std: float,
+    roi: Sequence[int],
+    cfg: InferenceConfig,
+    block: Sequence[int],
+    device: torch.device,
+    flips: Sequence[tuple[int, ...]] = ((),),
+) -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
+    """Yield (core slices, logits (C, *core) float32 on the CPU) for every block of `image`.
+
+    `image` may be a memory map: only one region is read at a time. With `flips`, logits are
+    averaged over the flipped inputs (test-time augmentation; () = no flip)."""
+    for core in blocks(image.shape, block):
+        span = [region(c, n, r, cfg.overlap)
+                for c, n, r in zip(core, image.shape, roi, strict=True)]
+        x = np.asarray(image[tuple(slice(a, b) for a, b in span)], dtype=np.float32)
+        x = torch.from_numpy((x - mean) / max(std, 1e-6))[None, None].to(device)
+        logits = sum(_flipped(predict, x, roi, cfg, f) for f in flips) / len(flips)
+        inner = tuple(slice(c0 - a, c1 - a) for (c0, c1), (a, _) in zip(core, span, strict=True))
+        yield tuple(slice(*c) for c in core), logits[0][(slice(None), *inner)].cpu()
+
+
+def _flipped(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             roi: Sequence[int], cfg: InferenceConfig, axes: tuple[int, ...]) -> torch.Tensor:
+    dims = [a + 2 for a in axes]
+    if not dims:
+        return sliding_window_logits(predict, x, roi, cfg)
+    return sliding_window_logits(predict, x.flip(dims), roi, cfg).flip(dims)
