@@ -86,3 +86,31 @@ def test_blocks_tile_the_volume_exactly_once():
     for core in blocks(cover.shape, (16, 10, 32)):
         cover[tuple(slice(*c) for c in core)] += 1
     assert (cover == 1).all()
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal labelings up to renumbering: the (a, b) pairs form a bijection."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()], 1), axis=0)
+    return (len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1])))
+
+
+@pytest.mark.parametrize("block", [(5, 7, 6), (8, 8, 8), (40, 40, 40)])
+def test_blockwise_components_equal_whole_volume_26_connectivity(block):
+    from scipy import ndimage as ndi
+
+    from cellmapseg.predict.instances import STRUCTURE_26, label_block, merge
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((23, 19, 21)) > 0.8  # many diagonal-only contacts across block borders
+    out = np.zeros(mask.shape, np.uint32)
+    count = 0
+    for core in blocks(mask.shape, block):
+        window = tuple(slice(*c) for c in core)
+        out[window], n = label_block(mask[window], count)
+        count += n
+    n_final = merge(out, block, count)
+    whole, n_whole = ndi.label(mask, structure=STRUCTURE_26)
+    assert n_final == n_whole
+    assert _same_partition(out, whole)
+    np.testing.assert_array_equal(out, whole)  # even the numbering matches the whole-crop run
+    assert out.max() == n_whole and set(np.unique(out)) == set(range(n_whole + 1))

@@ -122,6 +122,34 @@ def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir
                            f"see {train_log}")
 
 
+def stage_predict(cfg: Config, model: str, train_summary: Path, inventory: Path, out: Path,
+                  crops: list[str] | None = None) -> None:
+    """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint."""
+    import json
+
+    from cellmapseg.predict.run import predict_crops, write_manifest
+    from cellmapseg.probe.memory import read_inventory
+
+    cfg.model(model)
+    summary = json.loads(train_summary.read_text())
+    config_mod.write_resolved(cfg, out.parent / "config.yaml")
+    manifest = predict_crops(cfg, model, train_summary.parent / summary["checkpoint_best"],
+                             read_inventory(inventory), out, crops)
+    write_manifest(out.parent / "manifest.json", manifest)
+    log.info("predicted %d crop(s) with %s: %s", len(manifest["crops"]), model, out)
+
+
+def stage_evaluate(cfg: Config, predictions: Path, inventory: Path, out_csv: Path,
+                   out_summary: Path, crops: list[str] | None = None) -> None:
+    """Score predictions as the CellMap challenge does (annotated classes only)."""
+    from cellmapseg.evaluate.run import evaluate
+
+    config_mod.write_resolved(cfg, out_csv.with_suffix(".config.yaml"))
+    summary = evaluate(predictions, inventory, cfg.data.spacing_nm, out_csv, out_summary, crops,
+                       block=cfg.inference.block_size)
+    log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
+
+
 # --- command line ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,6 +178,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--caching", type=Path, default=Path("results/probe/caching_strategy.json"))
     s.add_argument("--out", type=Path, default=None, help="default: results/{model}/train")
     s.add_argument("--threads", type=int, default=None)
+    s = sub.add_parser("predict", help="predict crops with a model's best checkpoint (Zarr)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--inventory", type=Path, default=Path("results/data/inventory.csv"))
+    s.add_argument("--crops", nargs="*", default=None,
+                   help="crop names or ids (default: validation)")
+    s.add_argument("--out", type=Path, default=None,
+                   help="default: results/{model}/predictions/predictions.zarr")
+    s = sub.add_parser("evaluate", help="score predictions with the challenge's metrics")
+    s.add_argument("--model", required=True)
+    s.add_argument("--inventory", type=Path, default=Path("results/data/inventory.csv"))
+    s.add_argument("--crops", nargs="*", default=None)
     return p
 
 
@@ -159,6 +198,13 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
         "inventory": lambda: stage_inventory(cfg, args.out, args.workers),
         "probe": lambda: stage_probe(cfg, args.inventory, args.out),
         "select-caching": lambda: stage_select_caching(cfg, args.memory, args.out),
+        "predict": lambda: stage_predict(
+            cfg, args.model, Path(f"results/{args.model}/train/summary.json"), args.inventory,
+            args.out or Path(f"results/{args.model}/predictions/predictions.zarr"), args.crops),
+        "evaluate": lambda: stage_evaluate(
+            cfg, Path(f"results/{args.model}/predictions/predictions.zarr"), args.inventory,
+            Path(f"results/{args.model}/eval.csv"),
+            Path(f"results/{args.model}/eval_summary.json"), args.crops),
         "train": lambda: stage_train(cfg, args.model, args.inventory, args.caching,
                                      args.out or Path(f"results/{args.model}/train"),
                                      args.threads),

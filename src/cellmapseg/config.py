@@ -64,6 +64,8 @@ class InferenceConfig:
     overlap: float
     sigma_scale: float
     sw_batch_size: int
+    block_size: int
+    tta_flips: bool
     threshold: float | tuple[float, ...]
 
     def thresholds(self) -> list[float]:

@@ -14,7 +14,6 @@ rule train:
     params:
         model=lambda w: config["models"][w.model],  # rerun when this model's config changes
         train=config["train"],
-        inference=config["inference"],
     threads: workflow.cores
     resources:
         gpu=CFG.train.gpus,

@@ -218,6 +218,7 @@ class Trainer:
             "checkpoint_last": "checkpoints/last.pt",
         }
         if self.d.is_main:
+            self._write_metrics()  # also when resuming a finished run: Snakemake removed it
             write_json(self.paths.summary, summary)
         return summary
 

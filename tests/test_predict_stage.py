@@ -1,0 +1,117 @@
+"""The predict and evaluate stages end to end on a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+
+from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.cli import stage_evaluate, stage_predict
+from cellmapseg.config import from_dict, load
+from cellmapseg.data.inventory import write_inventory
+from cellmapseg.data.synthetic import generate
+from cellmapseg.errors import InputError
+
+MODEL = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
+         "ds_weights": [1.0], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
+         "train_sub_epochs": 1, "epochs": 1, "eval_epochs": 1, "mixup_p": 0.0}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    syn = {"n_train": 3, "n_val": 2, "shape": [28, 28, 28], "large_shape": [32, 32, 32],
+           "small_shape": [12, 28, 28], "seed": 8}
+    raw = {"data": {"synthetic": syn}}
+    raw["data"]["datalist"] = str(generate(from_dict(raw).data.synthetic, (8.0,) * 3,
+                                           root / "data"))
+    write_inventory(from_dict(raw), root / "inventory.csv")
+    (root / "caching.json").write_text(json.dumps(
+        {"strategy": "A", "store_dir": str(root), "disk_dir": str(root), "d_threshold_mb": 1}))
+    cfg_raw = {**raw, "train": {"num_workers": 0}, "inference": {"block_size": 12},
+               "models": {"tiny": MODEL}}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg_raw))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cellmapseg", "-c", str(root / "config.yaml"), "train", "--model",
+         "tiny", "--inventory", str(root / "inventory.csv"), "--caching",
+         str(root / "caching.json"), "--out", str(root / "tiny/train")],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, load(root / "config.yaml")
+
+
+def test_predictions_follow_the_challenge_layout(trained):
+    root, cfg = trained
+    out = root / "tiny/predictions/predictions.zarr"
+    stage_predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv", out)
+    inv = pd.read_csv(root / "inventory.csv", keep_default_na=False)
+    val = inv[inv.split == "validation"]
+    store = zarr.open_group(str(out), mode="r")
+    assert sorted(store.group_keys()) == sorted(val["crop_id"])
+    for _, row in val.iterrows():
+        group = store[row["crop_id"]]
+        assert sorted(group.array_keys()) == sorted(CLASS_NAMES)
+        for name in CLASS_NAMES:
+            arr = group[name]
+            assert arr.shape == (row["d"], row["h"], row["w"])
+            assert arr.dtype == (np.uint32 if name == "nuc" else np.uint8)
+            assert arr.attrs["voxel_size"] == [8.0, 8.0, 8.0]
+            assert arr.attrs["translation"] == [0.0, 0.0, 0.0]
+        ids = np.asarray(group["nuc"][:])
+        assert set(np.unique(ids)) == set(range(ids.max() + 1))  # consecutive instance ids
+    manifest = json.loads((out.parent / "manifest.json").read_text())
+    assert manifest["crops"] == list(val["crop_id"]) and manifest["epoch"] == 1
+    assert not (out.parent / "predictions.zarr.tmp").exists()
+
+    stage_evaluate(cfg, out, root / "inventory.csv", root / "tiny/eval.csv",
+                   root / "tiny/eval_summary.json")
+    table = pd.read_csv(root / "tiny/eval.csv")
+    for crop, classes in table.groupby("crop")["class"]:
+        annotated = inv.set_index("crop").loc[crop, "annotated_classes"]
+        expected = {CLASS_NAMES[int(c)] for c in annotated.split(",") if c}
+        assert set(classes) == expected  # unannotated classes are never scored
+    assert "overall" in json.loads((root / "tiny/eval_summary.json").read_text())
+
+
+def test_block_size_does_not_change_the_predictions(trained):
+    root, cfg = trained
+    inv = root / "inventory.csv"
+    stage_predict(cfg, "tiny", root / "tiny/train/summary.json", inv, root / "a/p.zarr")
+    raw = {**cfg.raw, "inference": {**cfg.raw["inference"], "block_size": 64}}
+    stage_predict(from_dict(raw), "tiny", root / "tiny/train/summary.json", inv,
+                  root / "b/p.zarr")
+    a, b = zarr.open_group(str(root / "a/p.zarr")), zarr.open_group(str(root / "b/p.zarr"))
+    for crop in a.group_keys():
+        for name in CLASS_NAMES:
+            np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])
+
+
+def test_missing_or_corrupt_checkpoint_fails_in_one_line(trained, tmp_path):
+    root, cfg = trained
+    summary = json.loads((root / "tiny/train/summary.json").read_text())
+    fake = tmp_path / "train"
+    fake.mkdir()
+    (fake / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(InputError, match="checkpoint .*best.pt: file not found"):
+        stage_predict(cfg, "tiny", fake / "summary.json", root / "inventory.csv",
+                      tmp_path / "p.zarr")
+    (fake / "checkpoints").mkdir()
+    (fake / "checkpoints/best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        stage_predict(cfg, "tiny", fake / "summary.json", root / "inventory.csv",
+                      tmp_path / "p.zarr")
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_unknown_crop_is_named(trained, tmp_path):
+    root, cfg = trained
+    with pytest.raises(InputError, match="crops not in the inventory: crop999"):
+        stage_predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv",
+                      tmp_path / "p.zarr", crops=["crop999"])
