@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROI, BLOCK, OVERLAP, SW_BATCH = 32, 256, 0.5, 32
+SW_BATCH = 32
 
 
 def model():  # noqa: ANN201 - a torch module
@@ -43,7 +43,7 @@ def make_image(path: Path, size: int) -> None:
     out.flush()
 
 
-def run_monai(image_path: Path) -> dict:
+def run_monai(image_path: Path, roi: int, overlap: float) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -53,12 +53,12 @@ def run_monai(image_path: Path) -> dict:
     del image
     start = time.perf_counter()
     with torch.no_grad():
-        out = sliding_window_inference(x, [ROI] * 3, SW_BATCH, model(), OVERLAP, mode="gaussian")
-        masks = (torch.sigmoid(out[0]) > 0.5).to(torch.uint8)
+        out = sliding_window_inference(x, [roi] * 3, SW_BATCH, model(), overlap, mode="gaussian")
+        masks = (out[0] > 0).to(torch.uint8)  # sigmoid > 0.5
     return {"seconds": time.perf_counter() - start, "foreground": int(masks.sum())}
 
 
-def run_ours(image_path: Path, out_dir: Path) -> dict:
+def run_ours(image_path: Path, out_dir: Path, roi: int, overlap: float, block: int) -> dict:
     import torch
     import zarr
 
@@ -68,7 +68,7 @@ def run_ours(image_path: Path, out_dir: Path) -> dict:
     from cellmapseg.predict.run import NpyRegions
 
     torch.set_num_threads(2)
-    cfg = from_dict({"inference": {"overlap": OVERLAP, "sw_batch_size": SW_BATCH}}).inference
+    cfg = from_dict({"inference": {"overlap": overlap, "sw_batch_size": SW_BATCH}}).inference
     image = NpyRegions(image_path)
     group = zarr.open_group(str(out_dir / "pred.zarr"), mode="w", zarr_format=2)
     arrays = [group.create_array(f"c{c}", shape=image.shape, chunks=(64,) * 3, dtype=np.uint8,
@@ -76,7 +76,7 @@ def run_ours(image_path: Path, out_dir: Path) -> dict:
     net, foreground = model(), 0
     start = time.perf_counter()
     with torch.no_grad():
-        for core, logits in predict_blocks(net, image, 126.0, 73.0, [ROI] * 3, cfg, [BLOCK] * 3,
+        for core, logits in predict_blocks(net, image, 126.0, 73.0, [roi] * 3, cfg, [block] * 3,
                                            torch.device("cpu")):
             masks = binarise(logits[None], [0.5] * 14)[0].numpy().astype(np.uint8)
             foreground += int(masks.sum())
@@ -85,17 +85,22 @@ def run_ours(image_path: Path, out_dir: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "foreground": foreground}
 
 
-def child(variant: str, size: int) -> dict:
+def child(variant: str, size: int, roi: int, block: int, overlap: float) -> dict:
     """Run one variant in a fresh process; return its figures and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "image.npy"
         make_image(image, size)
-        proc = subprocess.run([sys.executable, __file__, "--child", variant, str(image), tmp],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--child", variant, str(image), tmp,
+                               "--roi", str(roi), "--block", str(block), "--overlap",
+                               str(overlap)], capture_output=True, text=True)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        if proc.returncode < 0:  # killed, e.g. by the kernel's OOM killer: report how far it got
+            return {"killed_by_signal": -proc.returncode, "peak_rss_bytes": peak,
+                    "seconds": float("nan"), "foreground": None}
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    result["peak_rss_bytes"] = peak
     return result
 
 
@@ -104,21 +109,27 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--only", choices=["ours", "monai"])
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--roi", type=int, default=32)
+    p.add_argument("--block", type=int, default=160)
+    p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     if a.child:
         variant, image, tmp = a.child
-        r = run_ours(Path(image), Path(tmp)) if variant == "ours" else run_monai(Path(image))
+        r = (run_ours(Path(image), Path(tmp), a.roi, a.overlap, a.block) if variant == "ours"
+             else run_monai(Path(image), a.roi, a.overlap))
         print(json.dumps(r))
         return
-    results = {"size": a.size, "roi": ROI, "block": BLOCK, "overlap": OVERLAP}
+    results = {"size": a.size, "roi": a.roi, "block": a.block, "overlap": a.overlap}
     # ours first: ru_maxrss of children is a running maximum over all children
     for variant in ("ours", "monai"):
         if a.only in (None, variant):
-            results[variant] = child(variant, a.size)
+            results[variant] = child(variant, a.size, a.roi, a.block, a.overlap)
             r = results[variant]
             gib = r["peak_rss_bytes"] / 2**30
-            print(f"{variant:>6}: {r['seconds']:.1f} s, peak RSS {gib:.2f} GiB")
+            killed = r.get("killed_by_signal")
+            status = f"killed by signal {killed}" if killed else "ok"
+            print(f"{variant:>6}: {r['seconds']:.1f} s, peak RSS {gib:.2f} GiB ({status})")
     if "ours" in results and "monai" in results:
         o, m = results["ours"], results["monai"]
         results["time_ratio"] = o["seconds"] / m["seconds"]

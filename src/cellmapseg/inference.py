@@ -30,6 +30,7 @@ def sliding_window_logits(
 
 
 def binarise(logits: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
-    """Sigmoid, then a per-class probability threshold -> bool (N, C, ...)."""
-    t = torch.as_tensor(thresholds, dtype=logits.dtype, device=logits.device)
-    return torch.sigmoid(logits) > t.view(1, -1, *([1] * (logits.ndim - 2)))
+    """sigmoid(logit) > threshold per class -> bool (N, C, ...), computed as logit > logit(t)
+    (sigmoid is monotonic), which spares a float copy of the whole output."""
+    t = torch.logit(torch.as_tensor(thresholds, dtype=torch.float64)).to(logits)
+    return logits > t.view(1, -1, *([1] * (logits.ndim - 2)))
