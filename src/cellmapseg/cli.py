@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,9 +91,6 @@ def stage_select_caching(cfg: Config, memory: Path, out: Path) -> None:
 def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir: Path,
                 threads: int | None = None) -> None:
     """Check what can be checked before any GPU work, then start the ranks with torchrun."""
-    import os
-    import subprocess
-
     from cellmapseg.launch import torchrun_command
     from cellmapseg.models.networks import check_roi
     from cellmapseg.probe.memory import read_inventory
@@ -125,9 +125,8 @@ def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir
 def stage_predict(cfg: Config, model: str, train_summary: Path, inventory: Path, out: Path,
                   crops: list[str] | None = None) -> None:
     """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint."""
-    import json
-
-    from cellmapseg.predict.run import predict_crops, write_manifest
+    from cellmapseg.atomic import write_json
+    from cellmapseg.predict.run import predict_crops
     from cellmapseg.probe.memory import read_inventory
 
     cfg.model(model)
@@ -135,7 +134,7 @@ def stage_predict(cfg: Config, model: str, train_summary: Path, inventory: Path,
     config_mod.write_resolved(cfg, out.parent / "config.yaml")
     manifest = predict_crops(cfg, model, train_summary.parent / summary["checkpoint_best"],
                              read_inventory(inventory), out, crops)
-    write_manifest(out.parent / "manifest.json", manifest)
+    write_json(out.parent / "manifest.json", manifest)
     log.info("predicted %d crop(s) with %s: %s", len(manifest["crops"]), model, out)
 
 

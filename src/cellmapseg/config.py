@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from functools import cache
@@ -247,7 +248,7 @@ def _build(cls: type, value: Any) -> Any:
         return {k: _build(val_t, v) for k, v in value.items()}
     if origin is tuple:
         return tuple(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
         if isinstance(value, list):

@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 import zarr
 
-from cellmapseg.atomic import write_json
 from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
 from cellmapseg.config import Config
 from cellmapseg.data import nifti
@@ -158,7 +157,3 @@ def predict_crops(cfg: Config, name: str, ckpt: Path, inventory: pd.DataFrame, o
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return manifest
-
-
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    write_json(path, manifest)

@@ -140,7 +140,7 @@ def run_probe(cfg: Config, inventory_csv: str | Path, out_json: str | Path) -> d
     world = cfg.train.world_size
     nproc = min(world, cfg.caching.probe_max_ranks)
     rows = probe_rows(inv, cfg.caching.probe_crops)
-    roi = _probe_roi(cfg, rows)
+    roi = _probe_roi(cfg)
     result: dict[str, Any] = {
         "version": VERSION,
         "host": host.facts(cfg.caching.store_dir, cfg.caching.disk_dir),
@@ -174,7 +174,7 @@ def run_probe(cfg: Config, inventory_csv: str | Path, out_json: str | Path) -> d
     return result
 
 
-def _probe_roi(cfg: Config, rows: pd.DataFrame) -> list[int]:
+def _probe_roi(cfg: Config) -> list[int]:
     rois = [m.roi_size for m in cfg.models.values()] or [(64, 64, 64)]
     return [int(max(r[i] for r in rois)) for i in range(3)]
 
