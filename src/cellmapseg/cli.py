@@ -149,6 +149,48 @@ def stage_evaluate(cfg: Config, predictions: Path, inventory: Path, out_csv: Pat
     log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+def stage_report_model(model: str, metrics: Path, eval_summary: Path, predictions: Path,
+                       inventory: Path, out: dict[str, Path]) -> None:
+    """One model's report figures: training curves, per-class scores, example slices."""
+    import pandas as pd
+
+    from cellmapseg.report import figures
+
+    if not Path(metrics).is_file():
+        raise InputError(f"{metrics}: file not found")
+    figures.plot_training(pd.read_csv(metrics), model, out["curves"])
+    figures.plot_scores(_read_json(eval_summary), model, out["scores"])
+    shown = figures.plot_examples(predictions, pd.read_csv(inventory), model, out["examples"])
+    log.info("report for %s: example crops %s", model, ", ".join(shown))
+
+
+def stage_report_probe(memory: Path, caching: Path, out_memory: Path, out_caching: Path) -> None:
+    """The memory probe and the caching decision as HTML pages."""
+    from cellmapseg.atomic import write_text
+    from cellmapseg.report.probe import caching_html, memory_html
+
+    write_text(out_memory, memory_html(_read_json(memory)))
+    write_text(out_caching, caching_html(_read_json(caching)))
+
+
+def stage_compare(cfg: Config, results: Path, out_dir: Path) -> None:
+    """results/comparison.{csv,md,html,png,rst}: every configured model, missing ones marked."""
+    from cellmapseg.report.comparison import write_comparison
+
+    frame = write_comparison(results, list(cfg.models), out_dir)
+    log.info("comparison of %d models (%d missing) in %s", len(frame),
+             int((frame["status"] != "ok").sum()), out_dir)
+
+
 # --- command line ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -188,6 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--inventory", type=Path, default=Path("results/data/inventory.csv"))
     s.add_argument("--crops", nargs="*", default=None)
+    s = sub.add_parser("report-model", help="one model's report figures")
+    s.add_argument("--model", required=True)
+    s.add_argument("--inventory", type=Path, default=Path("results/data/inventory.csv"))
+    sub.add_parser("report-probe", help="the memory probe and caching decision as HTML")
+    s = sub.add_parser("compare", help="the comparison table and figure of all models "
+                                       "(missing ones marked)")
+    s.add_argument("--results", type=Path, default=Path("results"))
     return p
 
 
@@ -207,8 +256,22 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
         "train": lambda: stage_train(cfg, args.model, args.inventory, args.caching,
                                      args.out or Path(f"results/{args.model}/train"),
                                      args.threads),
+        "report-model": lambda: stage_report_model(
+            args.model, Path(f"results/{args.model}/train/metrics.csv"),
+            Path(f"results/{args.model}/eval_summary.json"),
+            Path(f"results/{args.model}/predictions/predictions.zarr"), args.inventory,
+            model_report_paths(Path(f"results/{args.model}/report"))),
+        "report-probe": lambda: stage_report_probe(
+            Path("results/probe/memory.json"), Path("results/probe/caching_strategy.json"),
+            Path("results/probe/report/memory.html"), Path("results/probe/report/caching.html")),
+        "compare": lambda: stage_compare(cfg, args.results, args.results),
     }
     stages[args.stage]()
+
+
+def model_report_paths(folder: Path) -> dict[str, Path]:
+    return {"curves": folder / "training_curves.png", "scores": folder / "scores.png",
+            "examples": folder / "examples.png"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,13 @@ rule evaluate:
         manifest=rules.predict.output.manifest,
         inventory=rules.inventory.output.csv,
     output:
-        csv="results/{model}/eval.csv",
+        csv=report(
+            "results/{model}/eval.csv",
+            caption="../report/eval_csv.rst",
+            category="2. Models",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "scores per crop (CSV)"},
+        ),
         summary="results/{model}/eval_summary.json",
     log:
         "results/logs/evaluate_{model}.log",

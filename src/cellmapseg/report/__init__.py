@@ -1,0 +1,1 @@
+"""Report stage: figures and tables that summarise each model and compare models."""

@@ -1,0 +1,344 @@
+"""The cross-model comparison: one row per model config (results/comparison.csv, .md, .html, .png).
+
+A model whose evaluation is missing stays in the table as `missing`, naming the file it lacks.
+Scores that come only from crops the challenge's instance-count guard skipped (a class whose every
+crop was skipped scores 1.0) are flagged with a dagger and never win a column: the guard's 1.0
+says nothing about the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cellmapseg.atomic import atomic_path, write_text  # noqa: E402
+from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES  # noqa: E402
+from cellmapseg.errors import InputError  # noqa: E402
+
+SEMANTIC = tuple(c for c in CLASS_NAMES if c not in INSTANCE_CLASSES)
+INSTANCE_METRICS = ("f1", "norm_hausdorff", "combined")
+HEADLINE = ("overall", "semantic_mean_iou", "instance_mean_combined")
+INSTANCE_COLUMNS = tuple(f"{c}_{m}" for c in INSTANCE_CLASSES for m in INSTANCE_METRICS)
+IOU_COLUMNS = tuple(f"iou_{c}" for c in SEMANTIC)
+DICE_COLUMNS = tuple(f"dice_{c}" for c in SEMANTIC)
+# Every score column: higher is better; the best of each is marked.
+SCORE_COLUMNS = (*HEADLINE, *INSTANCE_COLUMNS, *IOU_COLUMNS, *DICE_COLUMNS, "best_val_dice")
+TRAIN_KEYS = ("parameters", "epochs", "steps", "best_epoch", "best_val_dice", "patches_per_s",
+              "caching_strategy", "world_size", "device")
+DAGGER = "†"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+def _eval_columns(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    try:
+        classes = summary["classes"]
+        row: dict[str, Any] = {k: summary[k] for k in HEADLINE}
+    except KeyError as exc:
+        raise InputError(f"{path}: missing key {exc.args[0]!r}") from exc
+    row["eval_crops"] = summary.get("n_crops")
+    inflated = []
+    for c in INSTANCE_CLASSES:
+        s = classes.get(c, {})
+        row[f"{c}_f1"] = s.get("f1")
+        row[f"{c}_norm_hausdorff"] = s.get("mean_norm_hausdorff")
+        row[f"{c}_combined"] = s.get("combined")
+        row[f"{c}_crops"] = s.get("crops", 0)
+        row[f"{c}_skipped_crops"] = s.get("skipped_crops", 0)
+        if s and s.get("crops", 0) > 0 and s.get("skipped_crops", 0) == s["crops"]:
+            inflated.append(f"{c}: all {s['crops']} crops skipped by the challenge's guard")
+    for c in SEMANTIC:
+        row[f"iou_{c}"] = classes.get(c, {}).get("iou")
+        row[f"dice_{c}"] = classes.get(c, {}).get("dice")
+    row["guard_note"] = "; ".join(inflated)
+    return row
+
+
+def _train_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    row = {k: summary.get(k) for k in TRAIN_KEYS}
+    row["train_wall_s"] = summary.get("wall_seconds")
+    row["peak_host_rss_gib"] = summary.get("peak_host_rss_bytes", 0) / 2**30
+    row["peak_gpu_gib"] = summary.get("peak_gpu_bytes", 0) / 2**30
+    return row
+
+
+def model_row(results: Path, model: str) -> dict[str, Any]:
+    """One model's row; `status` says `ok` or which file is missing."""
+    eval_path = results / model / "eval_summary.json"
+    train_path = results / model / "train" / "summary.json"
+    row: dict[str, Any] = {"model": model}
+    train, evaluation = _read_json(train_path), _read_json(eval_path)
+    if train is not None:
+        row.update(_train_columns(train))
+    if evaluation is not None:
+        row.update(_eval_columns(evaluation, eval_path))
+    missing = [str(p) for p, d in ((train_path, train), (eval_path, evaluation)) if d is None]
+    row["status"] = "missing: " + ", ".join(missing) if missing else "ok"
+    return row
+
+
+def build(results: Path, models: Iterable[str]) -> pd.DataFrame:
+    """The comparison frame, one row per model in the given order (missing ones included)."""
+    columns = ["model", "status", *HEADLINE, *INSTANCE_COLUMNS,
+               *(f"{c}_{k}" for c in INSTANCE_CLASSES for k in ("crops", "skipped_crops")),
+               "guard_note", *IOU_COLUMNS, *DICE_COLUMNS, "parameters", "epochs", "steps",
+               "best_epoch", "best_val_dice", "train_wall_s", "patches_per_s",
+               "peak_host_rss_gib", "peak_gpu_gib", "caching_strategy", "world_size", "device",
+               "eval_crops"]
+    rows = [model_row(Path(results), m) for m in models]
+    if not rows:
+        raise InputError("comparison: no models given (config key 'models' is empty)")
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def inflated(frame: pd.DataFrame, model: str, column: str) -> bool:
+    """Whether `column` of `model` rests on a class every crop of which the guard skipped."""
+    note = frame.loc[frame["model"] == model, "guard_note"].fillna("").iloc[0]
+    if not note:
+        return False
+    if column in ("overall", "instance_mean_combined"):
+        return True
+    return any(note.startswith(f"{c}:") or f"; {c}:" in note
+               for c in INSTANCE_CLASSES if column.startswith(f"{c}_"))
+
+
+def best_marks(frame: pd.DataFrame) -> dict[str, set[str]]:
+    """For each score column, the model(s) holding its best informative value (ties all win)."""
+    marks: dict[str, set[str]] = {}
+    for col in SCORE_COLUMNS:
+        values = {m: v for m, v in zip(frame["model"], frame[col], strict=True)
+                  if _is_number(v) and not inflated(frame, m, col)}
+        if values:
+            top = max(values.values())
+            marks[col] = {m for m, v in values.items() if math.isclose(v, top, abs_tol=1e-12)}
+    return marks
+
+
+def _is_number(v: Any) -> bool:  # noqa: ANN401 - cells are any scalar
+    return isinstance(v, (int, float, np.integer, np.floating)) and not pd.isna(v)
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+def _fmt(col: str, v: Any) -> str:  # noqa: ANN401, PLR0911 - one branch per unit
+    if not _is_number(v) and not isinstance(v, str):
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    if col == "parameters":
+        return f"{v / 1e6:.2f} M"
+    if col == "train_wall_s":
+        return f"{v / 60:.1f} min" if v >= 120 else f"{v:.0f} s"
+    if col.endswith("_gib"):
+        return f"{v:.2f} GiB"
+    if col == "patches_per_s":
+        return f"{v:.1f}"
+    if col in ("epochs", "steps", "best_epoch", "world_size"):
+        return f"{int(v)}"
+    return f"{v:.3f}"
+
+
+def _cell(frame: pd.DataFrame, i: int, col: str, marks: dict[str, set[str]]
+          ) -> tuple[str, bool]:
+    """(text, is_best) for one cell; a missing model shows its status once, '—' elsewhere."""
+    row = frame.iloc[i]
+    if col == "model":
+        return str(row["model"]) + (" (missing)" if row["status"] != "ok" else ""), False
+    value = row["epochs"] if col == "epochs_steps" else row[col]
+    if pd.isna(value) and row["status"] != "ok":
+        return "—", False
+    if col == "epochs_steps":
+        return f"{_fmt('epochs', row['epochs'])} ({_fmt('steps', row['steps'])})", False
+    if col == "peak_gpu_gib" and row["device"] == "cpu":
+        return "n/a (cpu)", False
+    text = _fmt(col, value)
+    if _is_number(value) and inflated(frame, row["model"], col):
+        text += DAGGER
+    return text, row["model"] in marks.get(col, set())
+
+
+SUMMARY_TABLE = {
+    "model": "Model", "overall": "Overall ↑", "semantic_mean_iou": "Semantic mean IoU ↑",
+    **{f"{c}_{m}": f"{c} {label} ↑" for c in INSTANCE_CLASSES
+       for m, label in (("f1", "F1"), ("norm_hausdorff", "norm. Hausdorff"),
+                        ("combined", "combined"))},
+    "best_val_dice": "Best val Dice ↑", "parameters": "Parameters",
+    "epochs_steps": "Epochs (steps)", "best_epoch": "Best epoch", "train_wall_s": "Train time",
+    "patches_per_s": "Patches/s", "peak_host_rss_gib": "Peak host RSS",
+    "peak_gpu_gib": "Peak GPU", "caching_strategy": "Caching",
+}
+OVERVIEW_TABLE = {"model": "Model", "overall": "Overall ↑", "semantic_mean_iou": "Sem. IoU ↑",
+                  **{f"{c}_combined": f"{c} ↑" for c in INSTANCE_CLASSES},
+                  "train_wall_s": "Train time", "caching_strategy": "Caching"}
+IOU_TABLE = {"model": "Model", **{f"iou_{c}": c for c in SEMANTIC}}
+DICE_TABLE = {"model": "Model", **{f"dice_{c}": c for c in SEMANTIC}}
+TABLES = (("Summary", SUMMARY_TABLE), ("Per-class IoU (semantic classes)", IOU_TABLE),
+          ("Per-class Dice (semantic classes)", DICE_TABLE))
+
+
+def _legend(frame: pd.DataFrame) -> list[str]:
+    lines = ["Best value of each score column in bold (↑: higher is better). Scores are the "
+             "CellMap challenge's, on the validation crops' annotated classes; n/a: the class "
+             "is not annotated in any validation crop."]
+    notes = [(m, n) for m, n in zip(frame["model"], frame["guard_note"].fillna(""), strict=True)
+             if n]
+    if notes:
+        lines.append(f"{DAGGER} Not informative: the challenge's instance-count guard skipped "
+                     "every crop of the class, which then scores 1.0 (and lifts the overall "
+                     "score); these values are never marked best. "
+                     + "; ".join(f"{m}: {n}" for m, n in notes) + ".")
+    missing = [(m, s) for m, s in zip(frame["model"], frame["status"], strict=True) if s != "ok"]
+    lines += [f"{m}: {s}" for m, s in missing]
+    return lines
+
+
+def to_markdown(frame: pd.DataFrame, marks: dict[str, set[str]]) -> str:
+    out = ["# Model comparison", ""]
+    out += [line + "\n" for line in _legend(frame)]
+    for title, table in TABLES:
+        out += [f"## {title}", "", "| " + " | ".join(table.values()) + " |",
+                "|" + "|".join("---" for _ in table) + "|"]
+        for i in range(len(frame)):
+            cells = []
+            for col in table:
+                text, best = _cell(frame, i, col, marks)
+                text = text.replace("|", "\\|")
+                cells.append(f"**{text}**" if best else text)
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def html_tables(frame: pd.DataFrame, marks: dict[str, set[str]],
+                tables: tuple[tuple[str, dict[str, str]], ...] = TABLES) -> str:
+    """The tables as an HTML fragment; every name and value is escaped."""
+    parts = [f"<p>{html.escape(line)}</p>" for line in _legend(frame)]
+    for title, table in tables:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in table.values())
+        rows = []
+        for i in range(len(frame)):
+            cells = []
+            for col in table:
+                text, best = _cell(frame, i, col, marks)
+                text = html.escape(text)
+                cells.append(f'<td class="best"><b>{text}</b></td>' if best else f"<td>{text}</td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<h3>{html.escape(title)}</h3><table class=\"comparison\"><thead><tr>{head}"
+                     f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return "\n".join(parts)
+
+
+STYLE = ("body{font-family:sans-serif;margin:1em}"
+         " table{border-collapse:collapse;margin:.5em 0 1.5em}"
+         " th,td{border:1px solid #bbb;padding:2px 6px;text-align:right;font-size:13px}"
+         " th:first-child,td:first-child{text-align:left} td.best{background:#e6f4e6}")
+
+
+def to_html(frame: pd.DataFrame, marks: dict[str, set[str]]) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Model comparison</title>"
+            f"<style>{STYLE}</style></head><body><h2>Model comparison</h2>\n"
+            f"{html_tables(frame, marks)}\n</body></html>\n")
+
+
+# --- figure -------------------------------------------------------------------------------------
+
+def figure_matrix(frame: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray]:
+    """(columns, labels, models x columns scores): headline scores, per-class IoU, nuc combined."""
+    cols = ["overall", "semantic_mean_iou", *IOU_COLUMNS,
+            *(f"{c}_combined" for c in INSTANCE_CLASSES)]
+    labels = ["overall", "sem. mean IoU", *SEMANTIC, *(f"{c} (combined)" for c in INSTANCE_CLASSES)]
+    values = frame[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return cols, labels, values
+
+
+def _outline(ax: plt.Axes, i: int, j: int, not_informative: bool, best: bool) -> None:
+    """Hatch a guard-skipped cell in red; frame the best cell of a column."""
+    if not_informative:
+        ax.add_patch(plt.Rectangle((j - .5, i - .5), 1, 1, fill=False, hatch="///",
+                                   edgecolor="red", lw=0))
+    elif best:
+        ax.add_patch(plt.Rectangle((j - .45, i - .45), .9, .9, fill=False, edgecolor="orange",
+                                   lw=2))
+
+
+def plot(frame: pd.DataFrame, out: Path) -> None:
+    """Heatmap of per-class scores across models; missing, n/a and guard-skipped cells labelled."""
+    cols, labels, values = figure_matrix(frame)
+    models, marks = list(frame["model"]), best_marks(frame)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(labels), 1.6 + 0.55 * len(models)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1,
+                      aspect="auto")
+    for i, model in enumerate(models):
+        for j, col in enumerate(cols):
+            v = values[i, j]
+            if frame.iloc[i]["status"] != "ok" and np.isnan(v):
+                text = "missing"
+            elif np.isnan(v):
+                text = "n/a"
+            else:
+                text = f"{v:.2f}" + (DAGGER if inflated(frame, model, col) else "")
+                _outline(ax, i, j, inflated(frame, model, col), model in marks.get(col, ()))
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if not np.isnan(v) and v < 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    ax.axvline(1.5, color="white", lw=3)
+    fig.colorbar(image, ax=ax, label="score (IoU; combined for instances)", fraction=0.03)
+    title = ("Per-class scores on the validation crops (CellMap challenge metrics); "
+             "orange frame: best of the column")
+    if frame["guard_note"].fillna("").any():
+        title += f"\n{DAGGER} every crop skipped by the challenge's guard: score not informative"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def overview_rst(frame: pd.DataFrame, marks: dict[str, set[str]], figure: Path) -> str:
+    """The report's front page: a compact table and the figure, as raw HTML in reStructuredText
+    (docutils would not embed the image; a data URI keeps the report self-contained)."""
+    # docutils rejects input lines over 10,000 characters; URL parsing drops the newlines again
+    data = base64.encodebytes(Path(figure).read_bytes()).decode("ascii").strip()
+    fragment = (html_tables(frame, marks, (("Model comparison", OVERVIEW_TABLE),))
+                + "\n<p>Full tables: Results, 1. Comparison.</p>"
+                + '\n<img alt="per-class scores across models" '
+                f'src="data:image/png;base64,{data}">')
+    return ".. raw:: html\n\n" + textwrap.indent(fragment, "   ") + "\n"
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def write_comparison(results: Path, models: Iterable[str], out_dir: Path) -> pd.DataFrame:
+    """Write comparison.csv, .md, .html, .png and .rst (the report's front page) into `out_dir`;
+    return the frame."""
+    frame = build(results, models)
+    marks = best_marks(frame)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "comparison.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    write_text(out_dir / "comparison.md", to_markdown(frame, marks))
+    write_text(out_dir / "comparison.html", to_html(frame, marks))
+    plot(frame, out_dir / "comparison.png")
+    write_text(out_dir / "comparison.rst", overview_rst(frame, marks, out_dir / "comparison.png"))
+    return frame

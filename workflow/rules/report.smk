@@ -1,0 +1,80 @@
+# Stage 6: what the user reads. Per-model figures, the memory probe and caching decision as pages,
+# and the comparison across models; `snakemake --report results/report.html` gathers them
+# (categories are numbered so the report lists the comparison first).
+
+rule model_report:
+    input:
+        metrics=rules.train.output.metrics,
+        summary=rules.evaluate.output.summary,
+        zarr=rules.predict.output.zarr,
+        inventory=rules.inventory.output.csv,
+    output:
+        curves=model_item("training_curves.png", "training_curves.rst", "training curves"),
+        scores=model_item("scores.png", "scores.rst", "per-class scores"),
+        examples=model_item("examples.png", "examples.rst", "example slices"),
+    log:
+        "results/logs/model_report_{model}.log",
+    conda:
+        "../envs/cellmapseg.yaml"
+    script:
+        "../scripts/model_report.py"
+
+
+rule probe_report:
+    input:
+        memory=rules.memory_probe.output.json,
+        caching=rules.select_caching.output.json,
+    output:
+        memory=report(
+            "results/probe/report/memory.html",
+            caption="../report/memory.rst",
+            category="3. Memory and caching",
+            labels={"page": "memory probe"},
+        ),
+        caching=report(
+            "results/probe/report/caching.html",
+            caption="../report/caching.rst",
+            category="3. Memory and caching",
+            labels={"page": "caching decision"},
+        ),
+    log:
+        "results/logs/probe_report.log",
+    conda:
+        "../envs/cellmapseg.yaml"
+    script:
+        "../scripts/probe_report.py"
+
+
+rule comparison:
+    input:
+        train=expand(rules.train.output.summary, model=list(CFG.models)),
+        evaluation=expand(rules.evaluate.output.summary, model=list(CFG.models)),
+    output:
+        csv=report(
+            "results/comparison.csv",
+            caption="../report/comparison_csv.rst",
+            category="1. Comparison",
+            labels={"item": "table (CSV, every column)"},
+        ),
+        md="results/comparison.md",
+        html=report(
+            "results/comparison.html",
+            caption="../report/comparison.rst",
+            category="1. Comparison",
+            labels={"item": "table"},
+        ),
+        png=report(
+            "results/comparison.png",
+            caption="../report/comparison_figure.rst",
+            category="1. Comparison",
+            labels={"item": "per-class scores figure"},
+        ),
+        rst="results/comparison.rst",
+    params:
+        models=list(config["models"]),
+    log:
+        "results/logs/comparison.log",
+    conda:
+        "../envs/cellmapseg.yaml"
+    script:
+        "../scripts/comparison.py"
