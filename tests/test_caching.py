@@ -120,7 +120,7 @@ def test_a_full_store_folder_fails_clearly_and_leaves_nothing(inventory, tmp_pat
         return type(usage)(usage.total, usage.total - 1000, 1000)
 
     monkeypatch.setattr(store_mod.shutil, "disk_usage", tiny)
-    with pytest.raises(InputError, match=r"GiB free but the store needs"):
+    with pytest.raises(InputError, match=r"has 1000 bytes free but the store needs"):
         ensure_store(tmp_path / "shm", inventory.head(2).to_dict("records"))
     assert [p.name for p in (tmp_path / "shm").iterdir() if p.is_dir()] == []
 

@@ -91,17 +91,20 @@ def stage_select_caching(cfg: Config, memory: Path, out: Path) -> None:
 def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir: Path,
                 threads: int | None = None) -> None:
     """Check what can be checked before any GPU work, then start the ranks with torchrun."""
+    from cellmapseg.data.caching import check_store_space
     from cellmapseg.launch import torchrun_command
     from cellmapseg.models.networks import check_roi
     from cellmapseg.probe.memory import read_inventory
     from cellmapseg.probe.select import read_selection
-    from cellmapseg.train.data import check_batch
+    from cellmapseg.train.data import caching_from_selection, check_batch
 
     m = cfg.model(model)
     check_roi(model, m)
     inv = read_inventory(inventory)
     check_batch(model, m, int((inv["split"] == "training").sum()), cfg.train.world_size)
-    read_selection(caching)
+    selection = read_selection(caching)
+    check_store_space(selection["strategy"], inv,
+                      caching_from_selection(cfg, selection))  # e.g. /dev/shm full
     resolved = out_dir / "config.yaml"
     config_mod.write_resolved(cfg, resolved)
     world = cfg.train.world_size
@@ -130,7 +133,7 @@ def stage_predict(cfg: Config, model: str, train_summary: Path, inventory: Path,
     from cellmapseg.probe.memory import read_inventory
 
     cfg.model(model)
-    summary = json.loads(train_summary.read_text())
+    summary = _read_json(train_summary)
     config_mod.write_resolved(cfg, out.parent / "config.yaml")
     manifest = predict_crops(cfg, model, train_summary.parent / summary["checkpoint_best"],
                              read_inventory(inventory), out, crops)

@@ -14,13 +14,21 @@ All serve the compact arrays (smallest lossless image dtype, uint8 label):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cellmapseg.config import CachingConfig
 from cellmapseg.data.loading import load_volume
-from cellmapseg.data.store import StoreSource, ensure_store
+from cellmapseg.data.store import (
+    StoreSource,
+    check_space,
+    ensure_store,
+    is_complete,
+    store_bytes,
+    store_path,
+)
 from cellmapseg.data.volumes import ListSource, Volume, VolumeSource
 from cellmapseg.errors import InputError
 
@@ -71,6 +79,22 @@ def open_source(strategy: str, crops: pd.DataFrame, cfg: CachingConfig,
     if strategy == "E":
         raise InputError(f"caching: strategy E is not available: {E_REASON}")
     raise InputError(f"caching: unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+
+
+def check_store_space(strategy: str, crops: pd.DataFrame, cfg: CachingConfig) -> None:
+    """Before any rank starts: the store `strategy` builds from `crops` fits its folder (a
+    complete store from an earlier run needs no space)."""
+    rows = _rows(crops)
+    if strategy in ("B", "C"):
+        root, stored = (cfg.store_dir if strategy == "B" else cfg.disk_dir), rows
+    elif strategy == "D":
+        root, stored = cfg.disk_dir, [r for r in rows if not is_small(r, cfg)]
+    else:
+        return
+    if not stored or is_complete(store_path(root, stored)):
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    check_space(Path(root), store_bytes(stored))
 
 
 def is_small(row: Mapping[str, Any], cfg: CachingConfig) -> bool:

@@ -106,8 +106,10 @@ def read_datalist(path: str | os.PathLike, dataroot: str | os.PathLike = "") -> 
         )
     entries: list[CropEntry] = []
     located: list[tuple[str, str, str]] = []  # (crop, split, "split[i]") of every named entry
+    relative: list[str] = []  # relative paths found without a dataroot
     for split in SPLITS:
-        entries.extend(_read_split(path, data, split, root, problems, located))
+        entries.extend(_read_split(path, data, split, root, problems, located, relative))
+    problems.extend(_relative_problem(relative))
     problems.extend(_duplicate_problems(path, located))
     if problems:
         raise InputError("\n".join(problems))
@@ -155,6 +157,7 @@ def _read_split(
     root: Path | None,
     problems: list[str],
     located: list[tuple[str, str, str]],
+    relative: list[str],
 ) -> list[CropEntry]:
     """Valid entries of one split; problems and the located crop names are appended."""
     if split not in data:
@@ -170,7 +173,7 @@ def _read_split(
     out: list[CropEntry] = []
     for index, item in enumerate(items):
         locator = f"{split}[{index}]"
-        entry, name = _read_entry(f"{path}: {locator}", split, item, root, problems)
+        entry, name = _read_entry(f"{path}: {locator}", split, item, root, problems, relative)
         if name is not None:
             located.append((name, split, locator))
         if entry is not None:
@@ -179,20 +182,21 @@ def _read_split(
 
 
 def _read_entry(
-    where: str, split: str, item: Any, root: Path | None, problems: list[str]
+    where: str, split: str, item: Any, root: Path | None, problems: list[str],
+    relative: list[str],
 ) -> tuple[CropEntry | None, str | None]:
     """(entry if valid, crop name if the image name could be parsed); problems are appended."""
     if not isinstance(item, dict):
         problems.append(f"{where}: entry must be an object, got {_json_type(item)}")
         return None, None
     before = len(problems)
-    image = _read_path(where, item, "image", root, problems) if "image" in item else None
+    image = _read_path(where, item, "image", root, problems, relative) if "image" in item else None
     names = _read_names(where, image, problems) if image is not None else None
     if names is not None:
         where = f"{where} (crop {names[0]})"
     missing = [f for f in REQUIRED_FIELDS if f not in item]
     problems.extend(f"{where}: missing field '{f}'" for f in missing)
-    label = _read_path(where, item, "label", root, problems) if "label" in item else None
+    label = _read_path(where, item, "label", root, problems, relative) if "label" in item else None
     classes: tuple[int, ...] = ()
     if "annotated_classes" in item:
         try:
@@ -210,7 +214,8 @@ def _read_entry(
 
 
 def _read_path(
-    where: str, item: dict[str, Any], field: str, root: Path | None, problems: list[str]
+    where: str, item: dict[str, Any], field: str, root: Path | None, problems: list[str],
+    relative: list[str],
 ) -> Path | None:
     value = item[field]
     if not isinstance(value, str) or not value.strip():
@@ -223,12 +228,19 @@ def _read_path(
     if path.is_absolute():
         return path
     if root is None:
-        problems.append(
-            f"{where}: field '{field}' is a relative path ({value!r}) but no data.dataroot is "
-            "configured; use absolute paths or set data.dataroot"
-        )
+        relative.append(f"{where}: field '{field}' is a relative path ({value!r})")
         return None
     return root / path
+
+
+def _relative_problem(relative: list[str]) -> list[str]:
+    """A single line for all relative paths found without a dataroot (a datalist written for
+    a dataroot has hundreds): the first one, and how many more there are."""
+    if not relative:
+        return []
+    more = f" (and {len(relative) - 1} more relative paths)" if len(relative) > 1 else ""
+    return [f"{relative[0]} but no data.dataroot is configured{more}; use absolute paths or "
+            "set data.dataroot"]
 
 
 def _read_names(where: str, image: Path, problems: list[str]) -> tuple[str, str, str] | None:

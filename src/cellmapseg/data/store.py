@@ -111,12 +111,21 @@ def ensure_store(root: str | Path, rows: Sequence[Mapping[str, Any]]) -> StoreIn
     return StoreInfo(path, reused=False, total_bytes=store_bytes(rows))
 
 
-def _check_space(path: Path, needed: int) -> None:
+def _size(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (so small stores and small
+    free space never both read "0.00 GiB")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_space(path: Path, needed: int) -> None:
     free = shutil.disk_usage(path).free
     if needed > free:
         raise InputError(
-            f"caching: {path} has {free / 2**30:.2f} GiB free but the store needs "
-            f"{needed / 2**30:.2f} GiB (set caching.store_dir or choose another strategy)"
+            f"caching: {path} has {_size(free)} free but the store needs {_size(needed)} "
+            "(set caching.store_dir or choose another strategy)"
         )
 
 
@@ -124,7 +133,7 @@ def _build(path: Path, rows: list[Mapping[str, Any]], fp: str) -> None:
     if path.exists():
         shutil.rmtree(path)  # incomplete or stale: never patch a store in place
     total = store_bytes(rows)
-    _check_space(path.parent, total)
+    check_space(path.parent, total)
     path.mkdir(parents=True)
     tmp = path / "data.bin.tmp"
     crops = []
@@ -137,7 +146,7 @@ def _build(path: Path, rows: list[Mapping[str, Any]], fp: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise InputError(f"caching: {path.parent} is full while writing the store "
-                             f"({total / 2**30:.2f} GiB needed)") from exc
+                             f"({_size(total)} needed)") from exc
         raise
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)

@@ -24,6 +24,7 @@ from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import Config
 from cellmapseg.data.caching import is_small
 from cellmapseg.data.store import ensure_store, store_bytes
+from cellmapseg.errors import InputError
 from cellmapseg.launch import torchrun_command
 from cellmapseg.probe import host, smaps
 
@@ -34,6 +35,8 @@ VERSION = 1
 
 def read_inventory(path: str | Path) -> pd.DataFrame:
     # keep_default_na: an empty annotated_classes must stay "" (not NaN)
+    if not Path(path).is_file():
+        raise InputError(f"inventory: {path} not found (run the inventory rule)")
     return pd.read_csv(path, keep_default_na=False, dtype={"annotated_classes": str})
 
 

@@ -193,3 +193,6 @@ def read_selection(path: str | Path) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(f"caching: {path} not found (run the select_caching rule)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"caching: {path} is not valid JSON ({exc.msg}, line {exc.lineno}): "
+                         "rerun the select_caching rule") from None

@@ -7,6 +7,7 @@ weights_only=True)` can read them and a checkpoint cannot run code when loaded.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from cellmapseg.atomic import atomic_path
 from cellmapseg.errors import InputError
 
 FORMAT = 1
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _detail(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
@@ -32,9 +38,24 @@ def load(path: str | Path, model_name: str | None = None,
         raise InputError(f"checkpoint {path}: file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError) as exc:
-        detail = " ".join(str(exc).split())[:200]
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if not text.startswith("Weights only load failed"):
+            raise InputError(f"checkpoint {path}: truncated or corrupt ({_detail(exc)})") from exc
+        # torch's weights_only unpickler stopped. Never repeat its hint to retry with
+        # weights_only=False: that would run whatever the file holds.
+        found = _GLOBAL.search(text)
+        if found:  # a class or function reference: an arbitrary pickled object
+            raise InputError(
+                f"checkpoint {path}: refused: it holds a pickled object ({found.group(1)}) "
+                "other than tensors and plain values (checkpoints load with weights_only=True)"
+            ) from exc
+        _, sep, rest = text.partition("WeightsUnpickler error:")
+        detail = _detail(rest.split("Check the documentation", 1)[0]) if sep else ""
+        raise InputError(f"checkpoint {path}: truncated or corrupt "
+                         f"({detail or 'not a readable pickle stream'})") from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        detail = _cut_short(path) or _detail(exc)
         raise InputError(f"checkpoint {path}: truncated or corrupt ({detail})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"checkpoint {path}: not a cellmapseg checkpoint (format {FORMAT})")
@@ -42,9 +63,28 @@ def load(path: str | Path, model_name: str | None = None,
         raise InputError(f"checkpoint {path}: written for model '{state.get('model_name')}', "
                          f"not '{model_name}'")
     if network is not None and state.get("network") != network:
-        raise InputError(f"checkpoint {path}: network config {state.get('network')} differs from "
-                         f"the configured {network}")
+        saved = state.get("network") or {}
+        changed = "; ".join(f"{key} is {_get(saved, key)!r} in the checkpoint, "
+                            f"{_get(network, key)!r} configured"
+                            for key in _differences(saved, network))
+        raise InputError(f"checkpoint {path}: network config differs from this model's: {changed}")
     return state
+
+
+def _cut_short(path: Path) -> str | None:
+    """torch.save writes a zip archive, whose directory is at the end: a file that starts like
+    one but has no directory was cut short (torch itself reports only an OSError)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return f"a zip archive without its directory: cut short at {path.stat().st_size} bytes"
+    return None
+
+
+def _get(tree: Any, dotted: str) -> Any:  # noqa: ANN401 - a JSON-like value
+    for part in dotted.split(".") if dotted else ():
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:  # noqa: ANN401
