@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
@@ -15,3 +21,35 @@ def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
         f"--nproc_per_node={nproc}", "-m", module, *map(str, args),
     ]
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this rank when torchrun (the process that started it) dies.
+
+    torchrun starts every rank in a session of its own, so a `kill -9` of the job's process
+    group (Snakemake, the stage, torchrun) never reaches the ranks: they would train on as
+    orphans and write checkpoints and outputs underneath the rerun. Call it first thing in a
+    rank's entry point. Acts only in a process torchrun started (TORCHELASTIC_RUN_ID is set) and
+    only on Linux (prctl PR_SET_PDEATHSIG); a no-op elsewhere.
+    """
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if _orphaned():  # torchrun died before the request was made
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _orphaned() -> bool:
+    """Re-parented to init, unless init is torchrun itself (torchrun as a container's PID 1)."""
+    if os.getppid() != 1:
+        return False
+    try:
+        init = Path("/proc/1/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"torch.distributed.run" not in init and b"torchrun" not in init

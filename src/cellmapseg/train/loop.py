@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import resource
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -46,6 +48,35 @@ class Paths:
         self.summary = self.out / "summary.json"
 
 
+FAULT_ENV = "CELLMAPSEG_FAULT"
+
+
+def fault_from_env() -> tuple[int, int, str] | None:
+    """Fault injection for tests: CELLMAPSEG_FAULT="rank=R,step=S,kind=raise|kill" makes rank R
+    raise a RuntimeError (kind=raise) or SIGKILL itself (kind=kill) right after optimizer step
+    S. Unset (the normal case) it does nothing."""
+    text = os.environ.get(FAULT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        spec = dict(part.split("=", 1) for part in text.split(","))
+        fault = int(spec["rank"]), int(spec["step"]), spec.get("kind", "raise")
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{FAULT_ENV}={text!r}: expected rank=R,step=S,kind=raise|kill") from exc
+    if fault[2] not in ("raise", "kill"):
+        raise ValueError(f"{FAULT_ENV}={text!r}: kind must be raise or kill")
+    return fault
+
+
+def inject_fault(fault: tuple[int, int, str] | None, rank: int, step: int) -> None:
+    if fault is None or (fault[0], fault[1]) != (rank, step):
+        return
+    log.error("rank %d: injected fault (%s) after step %d", rank, fault[2], step)
+    if fault[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault: rank {rank} raised after step {step}")
+
+
 def metric_columns() -> list[str]:
     return ["epoch", "step", "train_loss", "lr", "seconds", "patches_per_s", "peak_host_rss_bytes",
             "peak_gpu_bytes", "val_dice_mean", *(f"val_dice_{n}" for n in CLASS_NAMES)]
@@ -72,6 +103,7 @@ class Trainer:
         self.epoch = self.step = 0
         self.best_score, self.best_epoch = -math.inf, -1
         self.history: list[dict[str, float]] = []
+        self.fault = fault_from_env()
         torch.manual_seed(cfg.seed + 1000 * (d.rank + 1))  # Mixup draws differ per rank
         self._resume()
 
@@ -160,6 +192,7 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                inject_fault(self.fault, self.d.rank, self.step)
             progress.update(1)
         progress.close()
         patches = done * self.m.batch_size * self.m.num_samples * self.d.world

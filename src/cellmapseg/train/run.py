@@ -11,13 +11,16 @@ import json
 
 from cellmapseg import config as config_mod
 from cellmapseg.cli import bad_input_exits, setup_logging
-from cellmapseg.probe.memory import read_inventory
-from cellmapseg.probe.select import read_selection
-from cellmapseg.train import distributed
-from cellmapseg.train.loop import Trainer
+from cellmapseg.launch import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # before the heavy imports: a kill -9 of the job must not leave orphans
+    from cellmapseg.probe.memory import read_inventory
+    from cellmapseg.probe.select import read_selection
+    from cellmapseg.train import distributed
+    from cellmapseg.train.loop import Trainer
+
     p = argparse.ArgumentParser()
     for flag in ("--model", "--config", "--inventory", "--caching", "--out"):
         p.add_argument(flag, required=True)

@@ -1,0 +1,267 @@
+"""Killed jobs through Snakemake: kill -9 mid-training, mid-prediction and mid-scoring, rerun.
+
+A tiny override of the embedded default runs the workflow up to the caching decision once
+(`base`). From one copy of it, `results/tiny/eval.csv` runs uninterrupted: the reference (in
+the background, beside the killed run, to save time). Another copy is run with the same command
+and SIGKILLed three times (the whole process group: Snakemake, the stage's script, torchrun and,
+through the ranks' parent-death signal, the ranks): in training during epoch 2 (just after
+epoch 1 is checkpointed), in prediction once the first crop's group exists in
+predictions.zarr.tmp, and in scoring once the stage has started scoring. Each rerun is the same
+command (the workflow profile sets rerun-incomplete) after `--unlock`, which Snakemake requires
+once its own process was killed: its lock files hold no process id, so it cannot tell a dead
+run from a live one. Training must resume from checkpoints/last.pt and end at the reference's
+step count with identical weights; predictions.zarr and eval.csv must equal the reference's,
+and no process of a killed run may outlive the kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.train import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = "results/tiny/eval.csv"
+EPOCHS = 3
+OVERRIDE = f"""
+data:
+  synthetic: {{n_datasets: 1, n_train: 3, n_val: 2, shape: [24, 24, 24],
+              large_shape: [32, 32, 32], small_shape: [12, 24, 24]}}
+caching: {{store_dir: shm, probe_crops: 2, probe_patches: 1}}
+train: {{cpu_ranks: 1, num_workers: 0}}
+inference: {{block_size: 32}}
+models:
+  tiny:
+    network: {{type: segresnet, init_filters: 4, blocks_down: [1, 1, 1]}}
+    ds_weights: [1.0]
+    roi_size: [16, 16, 16]
+    num_samples: 2
+    batch_size: 1
+    train_sub_epochs: 2
+    epochs: {EPOCHS}
+    eval_epochs: {EPOCHS}
+    mixup_p: 0.5
+"""
+
+
+def command(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"),
+            "--directory", str(workdir), "--configfile", str(ROOT / "config" / "config.yaml"),
+            str(workdir / "override.yaml"), "--cores", "2", *extra]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    # cwd=ROOT: Snakemake picks up the workflow profile (profiles/default: rerun-incomplete)
+    return subprocess.run(command(workdir, *args), capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+def complete(workdir: Path, target: str = TARGET) -> None:
+    proc = snakemake(workdir, target)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def survivors(workdir: Path) -> list[int]:
+    """Processes still working in `workdir` (a stage, torchrun, a rank, a loader worker)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if Path(os.readlink(proc / "cwd")) == workdir.resolve():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def run_and_kill(workdir: Path, ready: Callable[[], bool], what: str) -> None:
+    """Start the target, SIGKILL the whole process group once `ready()`; nothing may survive."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command(workdir, TARGET), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 20
+    while survivors(workdir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not survivors(workdir), f"processes outlived the kill of {what}"
+    assert (workdir / ".snakemake" / "locks").is_dir()
+    unlock = snakemake(workdir, "--unlock")
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+    print(f"killed at {what} after {time.perf_counter() - start:.1f} s")
+
+
+def copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)  # copy2: modification times are kept
+    return dest
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Data, inventory, memory probe and caching decision of the tiny override."""
+    workdir = tmp_path_factory.mktemp("killed") / "base"
+    workdir.mkdir()
+    (workdir / "override.yaml").write_text(OVERRIDE)
+    complete(workdir, "results/probe/caching_strategy.json")
+    return workdir
+
+
+class Background:
+    """The reference run, started now, finished on demand."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.log = workdir, workdir / "snakemake.out"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(command(workdir, TARGET), cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def done(self) -> Path:
+        self.proc.wait(timeout=600)
+        assert self.proc.returncode == 0, self.log.read_text()[-4000:]
+        return self.workdir
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_same_predictions(ref: Path, run: Path) -> None:
+    a = zarr.open_group(str(ref / "results/tiny/predictions/predictions.zarr"), mode="r")
+    b = zarr.open_group(str(run / "results/tiny/predictions/predictions.zarr"), mode="r")
+    assert sorted(a.group_keys()) == sorted(b.group_keys())
+    for crop in a.group_keys():
+        for name in CLASS_NAMES:
+            np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:], f"{crop}/{name}")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Object at .snakemake_timestamp")
+def test_killed_training_prediction_and_scoring_resume_to_the_reference(base):
+    run = copy(base, base.parent / "run")
+    background = Background(copy(base, base.parent / "reference"))
+    try:
+        killed_three_times(run, background)
+    finally:
+        background.stop()
+
+
+def killed_three_times(run: Path, background: Background) -> None:
+    train = run / "results/tiny/train"
+    preds = run / "results/tiny/predictions"
+    ref_train = background.workdir / "results/tiny/train"
+
+    # 1. training, a moment after epoch 1 is checkpointed: inside epoch 2 (an epoch takes
+    #    from 0.4 s on an idle machine to several seconds under load)
+    seen: list[float] = []
+
+    def in_epoch_2() -> bool:
+        last = train / "checkpoints/last.pt"
+        if not seen and last.is_file() and checkpoint.load(last)["epoch"] >= 1:
+            seen.append(time.time())
+        return bool(seen) and time.time() - seen[0] > 0.2
+
+    run_and_kill(run, in_epoch_2, "training, epoch 2")
+    assert not (train / "summary.json").exists()
+    assert 1 <= checkpoint.load(train / "checkpoints/last.pt")["epoch"] < EPOCHS
+
+    # 2. rerun: training resumes and finishes; prediction is killed inside its first crop
+    def predicting() -> bool:
+        tmp = preds / "predictions.zarr.tmp"
+        return tmp.is_dir() and any(p.is_dir() for p in tmp.iterdir())
+
+    run_and_kill(run, predicting, "the first predicted crop")
+    reference = background.done()
+    assert "resumed tiny" in (train / "train.log").read_text()
+    summary = json.loads((train / "summary.json").read_text())
+    assert summary["steps"] == json.loads((ref_train / "summary.json").read_text())["steps"]
+    assert summary["epochs"] == EPOCHS
+    a, b = (pd.read_csv(d / "metrics.csv") for d in (ref_train, train))
+    assert list(b["epoch"]) == list(range(1, EPOCHS + 1)) and list(b["step"]) == list(a["step"])
+    pd.testing.assert_series_equal(a["train_loss"], b["train_loss"], check_exact=True)
+    for name in ("last.pt", "best.pt"):  # same weights as the uninterrupted run, bit for bit
+        ours, theirs = (checkpoint.load(d / "checkpoints" / name) for d in (train, ref_train))
+        assert tensors_equal(ours["model"], theirs["model"]), name
+    assert not (preds / "predictions.zarr").exists() and not (preds / "manifest.json").exists()
+
+    # 3. rerun: prediction redone; scoring killed once it has started on the crops
+    run_and_kill(run, lambda: (run / "results/tiny/eval.config.yaml").is_file(), "scoring")
+    assert (preds / "manifest.json").is_file()
+    assert not (run / "results/tiny/eval.csv").exists(), "scoring finished before the kill"
+    assert not (run / "results/tiny/eval_summary.json").exists()
+
+    # 4. the same command completes; everything equals the uninterrupted run
+    complete(run)
+    assert_same_predictions(reference, run)
+    assert sorted(p.name for p in preds.iterdir()) == sorted(
+        p.name for p in (reference / "results/tiny/predictions").iterdir())  # no scratch left
+    pd.testing.assert_frame_equal(pd.read_csv(reference / TARGET), pd.read_csv(run / TARGET),
+                                  check_exact=True)
+    assert (json.loads((run / "results/tiny/eval_summary.json").read_text())
+            == json.loads((reference / "results/tiny/eval_summary.json").read_text()))
+
+
+CHILD = """
+import os, subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True)
+print(grandchild.pid, flush=True)
+grandchild.wait()
+"""
+RANK = """
+import time
+from cellmapseg.launch import die_with_parent
+die_with_parent()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:  # a killed process may stay a zombie until init reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_rank_dies_with_the_torchrun_that_started_it():
+    """The ranks' own session (torchrun's start_new_session) is out of reach of a process-group
+    kill; die_with_parent makes the kernel kill a rank when its parent dies."""
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, RANK], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "TORCHELASTIC_RUN_ID": "test"})
+    rank = int(parent.stdout.readline())
+    assert parent.stdout.readline().strip() == "ready"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while alive(rank) and time.time() < deadline:
+        time.sleep(0.05)
+    survived = alive(rank)
+    if survived:
+        os.kill(rank, signal.SIGKILL)
+    assert not survived, "the rank outlived its parent"
