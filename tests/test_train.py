@@ -188,3 +188,12 @@ def test_a_changed_config_does_not_resume_an_old_checkpoint(setup, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1
     assert "written under a different configuration (changed: model.epochs, model.lr)" in lines[0]
+
+
+def test_rank_threads_never_exceed_the_usable_cpus(monkeypatch):
+    from cellmapseg.cli import threads_per_rank
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert threads_per_rank(63, 1) == 2  # a Slurm job granted more CPUs than the machine has
+    assert threads_per_rank(None, 1) == 2 and threads_per_rank(1, 1) == 1
+    assert threads_per_rank(63, 7) == 1

@@ -111,7 +111,7 @@ def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir
     cmd = torchrun_command(world, "cellmapseg.train.run", [
         "--model", model, "--config", resolved, "--inventory", inventory, "--caching", caching,
         "--out", out_dir])
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (threads or os.cpu_count() or 1) // world))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank(threads, world))}
     train_log = out_dir / "train.log"
     log.info("training %s with %d rank(s); log: %s", model, world, train_log)
     with open(train_log, "a") as fh:  # appended: a resumed run continues the same log
@@ -123,6 +123,14 @@ def stage_train(cfg: Config, model: str, inventory: Path, caching: Path, out_dir
             raise InputError("\n".join(errors))
         raise RuntimeError(f"training {model} failed (torchrun exit {proc.returncode}); "
                            f"see {train_log}")
+
+
+def threads_per_rank(threads: int | None, world: int) -> int:
+    """CPU threads for each rank: the job's threads, but never more than the CPUs this process
+    may run on (a scheduler can grant more threads than the machine has: oversubscribed
+    OpenMP threads slow training down several times)."""
+    usable = len(os.sched_getaffinity(0))
+    return max(1, min(threads or usable, usable) // world)
 
 
 def stage_predict(cfg: Config, model: str, train_summary: Path, inventory: Path, out: Path,
