@@ -137,3 +137,29 @@ def synthetic_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = from_dict({"data": {"datalist": str(datalist)}})
     write_inventory(cfg, root / "inventory.csv")
     return root / "inventory.csv"
+
+
+# --- the whole workflow on the embedded default, once per session (tests/slurm_cluster.py) ------
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The test Slurm (tests/slurm_cluster.py), started on first use and stopped by PID at the end
+    of the session; None when it cannot run here and CELLMAPSEG_REQUIRE_SLURM/CI are unset
+    (slurm_cluster.shared_skip_reason() says why). Raises when required and impossible."""
+    import slurm_cluster as sc
+
+    try:
+        yield sc.shared_cluster()
+    finally:
+        sc.stop_shared_cluster()
+
+
+@pytest.fixture(scope="session")
+def embedded_dag(tmp_path_factory: pytest.TempPathFactory, slurm_cluster) -> Any:
+    """`snakemake all` on the embedded default, run once: through the test Slurm with
+    profiles/slurm when it can start (DagRun.via_slurm), else locally with --cores 2
+    (DagRun.skip_reason says why). Returns a slurm_cluster.DagRun; the cluster stays up until
+    the session ends, so tests can query sacct (DagRun.cluster)."""
+    import slurm_cluster as sc
+
+    return sc.run_embedded_dag(tmp_path_factory.mktemp("embedded_dag"))

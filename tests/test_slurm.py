@@ -1,0 +1,251 @@
+"""profiles/slurm against a real Slurm (tests/slurm_cluster.py): the whole embedded-default DAG
+through sbatch, the reserved allocation of the GPU rules as sacct records it, and what a user sees
+when a job fails, is killed or cannot be submitted.
+
+They run with CELLMAPSEG_SLURM=1 (root, apt): the whole DAG through sbatch plus the failure cases
+take ~20 min more than a local run, beyond CI's budget today. Otherwise they skip with the reason;
+with CELLMAPSEG_REQUIRE_SLURM=1 a Slurm that cannot start is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_cluster import (
+    EMBEDDED_CONFIG,
+    NODE_GPUS,
+    RESERVED_CORES,
+    ROOT,
+    TEST_SITE,
+    SlurmCluster,
+    _run_interruptible,
+    run_snakemake,
+    shared_skip_reason,
+    slurm_required,
+    snakemake_command,
+)
+
+pytestmark = pytest.mark.slow
+
+MODELS = sorted(yaml.safe_load(EMBEDDED_CONFIG.read_text())["models"])
+GPU_RULES = {"train", "memory_probe"}  # the reserved allocation (profile: GPUS/CPUS/MEM_MB)
+
+
+def _need(cluster: SlurmCluster | None) -> SlurmCluster:
+    if cluster is None:
+        assert not slurm_required(), "unreachable: shared_cluster() raises when required"
+        pytest.skip(f"no test Slurm here: {shared_skip_reason()}")
+    return cluster
+
+
+def _rule(row: dict[str, str]) -> str:
+    """The rule of a job from the plugin's --comment (rule_NAME or rule_NAME_wildcards_...)."""
+    return re.sub(r"_wildcards_.*$", "", row["Comment"]).removeprefix("rule_")
+
+
+def _local(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (EMBEDDED_CONFIG,)
+           ) -> subprocess.CompletedProcess:
+    """The workflow without Slurm (to make inputs or check a finished run)."""
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile",
+           *map(str, configfiles), "--cores", "2", *args]
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-n:]}\n--- stderr\n{proc.stderr[-n:]}"
+
+
+# --- the whole DAG (the session's one run) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dag(request, slurm_cluster):
+    _need(slurm_cluster)  # skip before the (long) local run when there is no Slurm here
+    run = request.getfixturevalue("embedded_dag")
+    assert run.via_slurm, run.skip_reason
+    assert run.returncode == 0, _tail(run)
+    return run
+
+
+def _dag_rows(dag) -> list[dict[str, str]]:
+    """sacct's rows for the jobs this run submitted (other tests share the cluster)."""
+    submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", dag.output))
+    rows = [r for r in dag.cluster.sacct() if r["JobID"] in submitted]
+    assert len(rows) == len(submitted) > 0
+    return rows
+
+
+def test_whole_dag_runs_through_sbatch_to_the_end(dag):
+    ours = _dag_rows(dag)
+    bad = [f"{r['JobID']} {r['Comment']}: {r['State']} {r['ExitCode']}" for r in ours
+           if r["State"] != "COMPLETED" or r["ExitCode"] != "0:0"]
+    assert not bad, "jobs that did not complete:\n" + "\n".join(bad)
+    rules = [_rule(r) for r in ours]
+    for rule in ("synthetic_data", "inventory", "memory_probe", "select_caching"):
+        assert rules.count(rule) == 1, rule
+    for rule in ("train", "predict", "evaluate"):
+        assert rules.count(rule) == len(MODELS), rule
+    assert all(r["Account"] == TEST_SITE.account for r in ours)
+    # Every job was a Slurm job (nothing ran on the submit host), and nothing is left to do.
+    assert len(re.findall(r"^rule \w+:", dag.output, re.M)) == len(ours)
+    check = _local(dag.workdir, "-n", "all")
+    assert check.returncode == 0 and "Nothing to be done" in check.stdout + check.stderr, \
+        _tail(check)
+
+
+def test_gpu_rules_asked_for_the_reserved_allocation(dag):
+    rows = [r for r in _dag_rows(dag) if _rule(r) in GPU_RULES]
+    assert sorted(_rule(r) for r in rows) == sorted(["memory_probe"] + ["train"] * len(MODELS))
+    assert sorted(r["Comment"] for r in rows if _rule(r) == "train") == \
+        sorted(f"rule_train_wildcards_{m}" for m in MODELS)  # the plugin's --comment
+    for r in rows:
+        where = f"{r['Comment']} (job {r['JobID']})"
+        assert r["Partition"] == TEST_SITE.gpu_partition, where
+        assert r["Reservation"] == TEST_SITE.reservation, where
+        assert r["QOS"] == TEST_SITE.qos, where
+        assert r["Account"] == TEST_SITE.account, where
+        assert f"gres/gpu={NODE_GPUS}" in r["ReqTRES"].split(","), f"{where}: {r['ReqTRES']}"
+        assert r["ReqCPUS"] == str(RESERVED_CORES), where
+        assert r["ReqMem"] == "920G", where
+        if _rule(r) == "train":
+            assert r["Timelimit"] == "11-00:00:00", where
+
+
+def test_only_gpu_rules_use_the_reservation(dag):
+    for r in _dag_rows(dag):
+        if _rule(r) in GPU_RULES | {"predict"}:
+            assert (r["Partition"], r["Reservation"], r["QOS"]) == (
+                TEST_SITE.gpu_partition, TEST_SITE.reservation, TEST_SITE.qos), r
+        else:
+            assert (r["Partition"], r["Reservation"], r["QOS"]) == (
+                TEST_SITE.partition, "", "normal"), r
+
+
+def test_the_probe_saw_the_allocation_from_inside(dag):
+    host = json.loads((dag.workdir / "results/probe/memory.json").read_text())["host"]
+    assert host["slurm"]["SLURM_JOB_PARTITION"] == TEST_SITE.gpu_partition, host
+    assert host["slurm"]["SLURM_NTASKS"] == "1"  # one task holds every GPU; torchrun forks ranks
+    assert host["slurm"]["SLURM_CPUS_PER_TASK"] == str(RESERVED_CORES)
+    assert host["slurm"]["SLURM_GPUS_ON_NODE"] == str(NODE_GPUS)
+    assert host["gpus"]["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, range(NODE_GPUS)))
+
+
+# --- what a user sees when something goes wrong -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(slurm_cluster):
+    return _need(slurm_cluster)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory, cluster):
+    """A workdir with the data and caching stages done (locally, fast): the inputs of a GPU rule."""
+    wd = tmp_path_factory.mktemp("upstream")
+    proc = _local(wd, "results/probe/caching_strategy.json")
+    assert proc.returncode == 0, _tail(proc)
+    return wd
+
+
+def test_misspelt_qos_fails_at_submission_with_slurms_message(cluster, upstream, tmp_path):
+    wd = tmp_path / "wd"
+    (wd / "results").mkdir(parents=True)
+    (wd / "results" / "data").symlink_to(upstream / "results" / "data")
+    t0 = time.monotonic()
+    wrong = dataclasses.replace(TEST_SITE, qos=TEST_SITE.qos + "x")
+    proc = run_snakemake(cluster, wd, "results/probe/memory.json", site=wrong, timeout=180)
+    assert proc.returncode not in (0, 124), _tail(proc)  # 124: it hung and was interrupted
+    assert "Invalid qos specification" in proc.stdout + proc.stderr, _tail(proc)
+    assert time.monotonic() - t0 < 120
+
+
+def test_failed_rule_reports_its_slurm_log(cluster, make_dataset, tmp_path):
+    datalist = make_dataset(tmp_path / "data", n_train=2, n_val=1)
+    missing = json.loads(datalist.read_text())["training"][1]["image"]
+    Path(missing).unlink()
+    override = tmp_path / "bad.yaml"
+    override.write_text(f"data: {{datalist: {datalist}, synthetic: {{enabled: false}}}}\n")
+    wd = tmp_path / "wd"
+    proc = run_snakemake(cluster, wd, "results/data/inventory.csv", timeout=300,
+                         configfiles=(EMBEDDED_CONFIG, override))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode not in (0, 124), _tail(proc)
+    error = out[out.find("Error in rule inventory:"):]
+    assert "SLURM status is: 'FAILED'" in error, _tail(proc)
+    logs = re.findall(r"^\s+log: .*?(/\S+/\.snakemake/slurm_logs/rule_inventory/\d+\.log)",
+                      error, re.M)
+    assert logs, f"the error names no Slurm log\n{_tail(proc)}"
+    assert Path(missing).name in Path(logs[0]).read_text()  # the package's one-line error
+    assert not (wd / "results/data/inventory.csv").exists()
+
+
+def _training_ranks(workdir: Path) -> list[int]:
+    """PIDs of the training processes (ranks and their loader workers) running in `workdir`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"cellmapseg.train.run" in cmd and Path(os.readlink(proc / "cwd")) == workdir:
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_train_job_killed_at_its_time_limit_keeps_its_checkpoint_and_the_rerun_resumes(
+        cluster, upstream, tmp_path):
+    model = "segresnet"
+    override = tmp_path / "short.yaml"  # 2 short epochs: killed after the 1st, resumed for the 2nd
+    short = {"epochs": 2, "eval_epochs": 2, "train_sub_epochs": 1}
+    override.write_text(yaml.safe_dump({"models": {model: short}}))
+    configs = (EMBEDDED_CONFIG, override)
+    wd = (tmp_path / "wd").resolve()
+    (wd / "results").mkdir(parents=True)
+    for stage in ("data", "probe"):
+        (wd / "results" / stage).symlink_to(upstream / "results" / stage)
+    target = f"results/{model}/train/summary.json"
+    last = wd / f"results/{model}/train/checkpoints/last.pt"
+    cmd = snakemake_command(wd, target, configfiles=configs)
+    run = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not last.is_file() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert last.is_file(), "no checkpoint before the deadline"
+        jobs = [j.split() for j in cluster.run("squeue", "-h", "-o", "%i %k").stdout.splitlines()]
+        ids = [j[0] for j in jobs if j[1:] == [f"rule_train_wildcards_{model}"]]
+        assert len(ids) == 1, jobs
+        # Hold training where it is (so it cannot finish first), then let its time limit run
+        # out: Slurm kills the job as it would after 11 days (TIMEOUT, within ~90 s).
+        ranks = _training_ranks(wd)
+        assert ranks
+        for pid in ranks:
+            os.kill(pid, signal.SIGSTOP)
+        cluster.run("scontrol", "update", f"JobId={ids[0]}", "TimeLimit=0:01")
+        out, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            run.communicate(timeout=120)
+    assert run.returncode != 0, out[-4000:]
+    assert "TIMEOUT" in out, out[-4000:]
+    slurm_log = re.findall(r"(/\S+/\.snakemake/slurm_logs/rule_train/\S+/\d+\.log)", out)
+    assert slurm_log and Path(slurm_log[-1]).is_file(), out[-4000:]
+    assert last.is_file()
+    assert not (wd / target).exists()
+    assert not _training_ranks(wd), "Slurm left training processes behind"
+    again = _run_interruptible(cmd, cluster.env(), 900)  # the same command
+    assert again.returncode == 0, _tail(again)
+    train_log = (wd / f"results/{model}/train/train.log").read_text()
+    assert re.search(rf"resumed {model} from \S+ at epoch 1,", train_log), train_log[-3000:]
+    assert json.loads((wd / target).read_text())["epochs"] == 2
