@@ -28,6 +28,7 @@ from cellmapseg.data import nifti
 from cellmapseg.data.compact import to_compact_label
 from cellmapseg.data.loading import mask_from_string
 from cellmapseg.errors import InputError
+from cellmapseg.evaluate.run import open_store
 
 DPI = 110
 
@@ -304,7 +305,7 @@ def examples_figure(predictions: Path, inventory: pd.DataFrame, model: str,
         fig = Figure(figsize=(8, 2))
         fig.text(0.5, 0.5, f"{model}: no validation crops in the inventory", ha="center")
         return fig, []
-    store = _open_store(Path(predictions))
+    store = open_store(Path(predictions))
     fig = Figure(figsize=(22, 5.6 * len(rows)), layout="compressed")
     fig.suptitle(f"{model}: example slices of validation crops (ground truth vs prediction)",
                  fontsize=14, fontweight="bold")
@@ -312,15 +313,6 @@ def examples_figure(predictions: Path, inventory: pd.DataFrame, model: str,
     for sub, (_, row) in zip(subfigs, rows.iterrows(), strict=True):
         _crop_row(sub, store, Path(predictions), row)
     return fig, [str(c) for c in rows["crop"]]
-
-
-def _open_store(path: Path) -> zarr.Group:
-    if not path.is_dir():
-        raise InputError(f"{path}: prediction store not found")
-    try:
-        return zarr.open_group(str(path), mode="r")
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: not a readable Zarr group ({exc})") from exc
 
 
 def _prediction_arrays(store: zarr.Group, path: Path, row: pd.Series,
