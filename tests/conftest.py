@@ -163,3 +163,27 @@ def embedded_dag(tmp_path_factory: pytest.TempPathFactory, slurm_cluster) -> Any
     import slurm_cluster as sc
 
     return sc.run_embedded_dag(tmp_path_factory.mktemp("embedded_dag"))
+
+
+def tiny_two_rank_job(root: Path, model: dict, data_seed: int, seed: int | None = None) -> Path:
+    """A small synthetic dataset, its inventory, a strategy-B selection and a 2-rank CPU config
+    with one model `tiny`, all under `root`, for tests that start the real training ranks."""
+    import yaml
+
+    from cellmapseg.config import from_dict
+    from cellmapseg.data.inventory import write_inventory
+    from cellmapseg.data.synthetic import generate
+
+    syn = {"n_train": 3, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
+           "small_shape": [12, 24, 24], "seed": data_seed}
+    raw: dict = {"data": {"synthetic": syn}} if seed is None else {"seed": seed,
+                                                                     "data": {"synthetic": syn}}
+    raw["data"]["datalist"] = str(generate(from_dict(raw).data.synthetic, (8.0,) * 3,
+                                           root / "data"))
+    write_inventory(from_dict(raw), root / "inventory.csv")
+    (root / "caching.json").write_text(json.dumps(
+        {"strategy": "B", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
+         "d_threshold_mb": 500}))
+    cfg = {**raw, "train": {"cpu_ranks": 2, "num_workers": 1}, "models": {"tiny": model}}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root

@@ -15,11 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from cellmapseg.config import from_dict
-from cellmapseg.data.inventory import write_inventory
-from cellmapseg.data.synthetic import generate
+from conftest import tiny_two_rank_job
 
 STEPS = 20
 MODEL = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
@@ -51,18 +47,7 @@ out = Path(sys.argv[sys.argv.index("--out") + 1])
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("determinism")
-    syn = {"n_train": 3, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
-           "small_shape": [12, 24, 24], "seed": 4}
-    raw = {"seed": 7, "data": {"synthetic": syn}}
-    raw["data"]["datalist"] = str(generate(from_dict(raw).data.synthetic, (8.0,) * 3,
-                                           root / "data"))
-    write_inventory(from_dict(raw), root / "inventory.csv")
-    (root / "caching.json").write_text(json.dumps(
-        {"strategy": "B", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
-         "d_threshold_mb": 500}))
-    cfg = {**raw, "train": {"cpu_ranks": 2, "num_workers": 1}, "models": {"tiny": MODEL}}
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    root = tiny_two_rank_job(tmp_path_factory.mktemp("determinism"), MODEL, data_seed=4, seed=7)
     (root / "rank.py").write_text(RANK)
     return root
 

@@ -9,7 +9,6 @@ rank 0 waiting in a collective. The two jobs run side by side to save time.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -18,11 +17,8 @@ import time
 from datetime import datetime
 
 import pytest
-import yaml
+from conftest import tiny_two_rank_job
 
-from cellmapseg.config import from_dict
-from cellmapseg.data.inventory import write_inventory
-from cellmapseg.data.synthetic import generate
 from cellmapseg.train.loop import fault_from_env
 
 LIMIT_S = 60.0
@@ -35,19 +31,7 @@ STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ERROR .*injected fa
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rankfail")
-    syn = {"n_train": 3, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
-           "small_shape": [12, 24, 24], "seed": 2}
-    raw = {"data": {"synthetic": syn}}
-    raw["data"]["datalist"] = str(generate(from_dict(raw).data.synthetic, (8.0,) * 3,
-                                           root / "data"))
-    write_inventory(from_dict(raw), root / "inventory.csv")
-    (root / "caching.json").write_text(json.dumps(
-        {"strategy": "B", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
-         "d_threshold_mb": 500}))
-    cfg = {**raw, "train": {"cpu_ranks": 2, "num_workers": 1}, "models": {"tiny": MODEL}}
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return root
+    return tiny_two_rank_job(tmp_path_factory.mktemp("rankfail"), MODEL, data_seed=2)
 
 
 @pytest.fixture(scope="module")
