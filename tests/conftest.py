@@ -9,6 +9,7 @@ test can plant exactly one problem.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,9 @@ def synthetic_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The test Slurm (tests/slurm_cluster.py), started on first use and stopped by PID at the end
-    of the session; None when it cannot run here and CELLMAPSEG_REQUIRE_SLURM/CI are unset
-    (slurm_cluster.shared_skip_reason() says why). Raises when required and impossible."""
+    of the session; None when it cannot run here (not root, or CELLMAPSEG_SLURM=0) and
+    CELLMAPSEG_REQUIRE_SLURM is unset (slurm_cluster.shared_skip_reason() says why). Raises when
+    required and impossible."""
     import slurm_cluster as sc
 
     try:
@@ -163,6 +165,29 @@ def embedded_dag(tmp_path_factory: pytest.TempPathFactory, slurm_cluster) -> Any
     import slurm_cluster as sc
 
     return sc.run_embedded_dag(tmp_path_factory.mktemp("embedded_dag"))
+
+
+@pytest.fixture(scope="session")
+def probe_stages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir whose data and probe stages (up to results/probe/caching_strategy.json) are done
+    on the embedded default. The session's embedded DAG when it has already run and passed (its
+    stages are the same, and redoing them costs half a minute), else a local run of just these
+    stages. Treat it as read-only: link its results/data and results/probe into a new workdir."""
+    import subprocess
+    import sys
+
+    import slurm_cluster as sc
+
+    dag = sc.finished_dag()
+    if dag is not None and dag.returncode == 0:
+        return dag.workdir
+    workdir = tmp_path_factory.mktemp("probe_stages")
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile",
+           str(sc.EMBEDDED_CONFIG), "--cores", "2", "results/probe/caching_strategy.json"]
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    proc = subprocess.run(cmd, cwd=sc.ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return workdir
 
 
 def tiny_two_rank_job(root: Path, model: dict, data_seed: int, seed: int | None = None) -> Path:

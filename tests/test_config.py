@@ -167,3 +167,25 @@ def test_cli_reports_a_bad_config_in_one_line_and_exits_nonzero(tmp_path):
     ]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "inv.csv").exists()
+
+
+# --- world size from the job's allocation (resources.gpu) -----------------------------------
+
+def test_gpu_run_takes_its_world_size_from_the_allocation():
+    cfg = config.from_dict({"train": {"gpus": 7}})
+    four = config.with_allocation(cfg, 4)
+    assert four.train.world_size == 4
+    assert four.raw["train"]["gpus"] == 4  # the resolved config the ranks read says so too
+    assert cfg.train.world_size == 7  # the original is unchanged
+    assert config.with_allocation(cfg, 7) is cfg
+
+
+def test_cpu_run_keeps_its_ranks_under_a_gpu_allocation():
+    cfg = config.from_dict({"train": {"gpus": 0, "cpu_ranks": 2}})
+    assert config.with_allocation(cfg, 7) is cfg  # the embedded default under profiles/slurm
+
+
+def test_gpu_run_without_gpus_in_its_allocation_is_a_clear_error():
+    cfg = config.from_dict({"train": {"gpus": 7}})
+    with pytest.raises(ConfigError, match=r"train.gpus' = 7 .* resources.gpu = 0"):
+        config.with_allocation(cfg, 0)

@@ -75,3 +75,11 @@ def test_env_python_satisfies_requires_python_and_installs_the_package(env_file)
     repo = (ROOT / ".snakemake" / "conda" / LOCAL.split()[-1]).resolve()
     assert repo == ROOT and (repo / "pyproject.toml").is_file()
     assert PYPROJECT["project"]["name"] == "cellmapseg"
+
+
+def test_setup_installs_the_debian_packages_the_tests_use():
+    from slurm_cluster import PACKAGES
+
+    line = re.search(r"^debs=\((.*)\)$", (ROOT / "setup.sh").read_text(), re.M)
+    assert line, "setup.sh has no debs=(...) list"
+    assert set(line.group(1).split()) == {"chromium", *PACKAGES}

@@ -3,19 +3,26 @@
 A tiny override of the embedded default runs the workflow up to the caching decision once
 (`base`). From one copy of it, `results/tiny/eval.csv` runs uninterrupted: the reference (in
 the background, beside the killed run, to save time). Another copy is run with the same command
-and SIGKILLed three times (the whole process group: Snakemake, the stage's script, torchrun and,
-through the ranks' parent-death signal, the ranks): in training during epoch 2 (just after
-epoch 1 is checkpointed), in prediction once the first crop's group exists in
-predictions.zarr.tmp, and in scoring once the stage has started scoring. Each rerun is the same
-command (the workflow profile sets rerun-incomplete) after `--unlock`, which Snakemake requires
-once its own process was killed: its lock files hold no process id, so it cannot tell a dead
-run from a live one. Training must resume from checkpoints/last.pt and end at the reference's
-step count with identical weights; predictions.zarr and eval.csv must equal the reference's,
-and no process of a killed run may outlive the kill.
+and SIGKILLed three times: in training during epoch 2 (just after epoch 1 is checkpointed), in
+prediction once the first crop's group exists in predictions.zarr.tmp, and in scoring once the
+stage has started scoring. Two kinds of kill:
+
+- the job only (training, scoring): every process under Snakemake (the stage's script, torchrun,
+  the ranks) gets SIGKILL, as from the OOM killer or a node's job kill; Snakemake itself lives,
+  reports the rule failed and exits non-zero, and the rerun is the same command, nothing else;
+- the whole run (prediction): the process group, Snakemake included, as when the login session
+  dies; the ranks go too, through their parent-death signal. The rerun is the same command
+  after `--unlock`, which Snakemake requires once its own process was killed: its lock files
+  hold no process id, so it cannot tell a dead run from a live one.
+
+The workflow profile sets rerun-incomplete. Training must resume from checkpoints/last.pt and
+end at the reference's step count with identical weights; predictions.zarr and eval.csv must
+equal the reference's, and no process of a killed run may outlive the kill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,28 +96,71 @@ def survivors(workdir: Path) -> list[int]:
     return found
 
 
-def run_and_kill(workdir: Path, ready: Callable[[], bool], what: str) -> None:
-    """Start the target, SIGKILL the whole process group once `ready()`; nothing may survive."""
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first), from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(0), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_job_only(proc: subprocess.Popen, out: Path, what: str) -> None:
+    """SIGKILL every process under Snakemake; Snakemake must see its job fail and exit."""
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    code = proc.wait(timeout=120)
+    log = out.read_text()
+    assert code != 0 and "Error in rule" in log, f"{what}: exit {code}\n{log[-3000:]}"
+    locks = workdir_locks(out.parent)
+    assert not locks, f"Snakemake left its locks after a failed job: {locks}"
+
+
+def workdir_locks(workdir: Path) -> list[Path]:
+    folder = workdir / ".snakemake" / "locks"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def run_and_kill(workdir: Path, ready: Callable[[], bool], what: str, job_only: bool) -> None:
+    """Start the target and SIGKILL it once `ready()`: the job's processes only, or the whole
+    process group with Snakemake (then `--unlock`). Nothing may survive the kill."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command(workdir, TARGET), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = workdir / "killed-run.out"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(command(workdir, TARGET), cwd=ROOT, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     try:
         while not ready():
             assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
             assert time.time() < deadline, f"timed out waiting for {what}"
             time.sleep(0.01)
+        if job_only:
+            kill_job_only(proc, out, what)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     deadline = time.time() + 20
     while survivors(workdir) and time.time() < deadline:
         time.sleep(0.2)
     assert not survivors(workdir), f"processes outlived the kill of {what}"
-    assert (workdir / ".snakemake" / "locks").is_dir()
-    unlock = snakemake(workdir, "--unlock")
-    assert unlock.returncode == 0, unlock.stderr[-2000:]
-    print(f"killed at {what} after {time.perf_counter() - start:.1f} s")
+    if not job_only:
+        assert workdir_locks(workdir), "a killed Snakemake leaves its locks"
+        unlock = snakemake(workdir, "--unlock")
+        assert unlock.returncode == 0, unlock.stderr[-2000:]
+    print(f"killed at {what} ({'job only' if job_only else 'whole run'}) after "
+          f"{time.perf_counter() - start:.1f} s")
 
 
 def copy(src: Path, dest: Path) -> Path:
@@ -187,7 +237,7 @@ def killed_three_times(run: Path, background: Background) -> None:
             seen.append(time.time())
         return bool(seen) and time.time() - seen[0] > 0.2
 
-    run_and_kill(run, in_epoch_2, "training, epoch 2")
+    run_and_kill(run, in_epoch_2, "training, epoch 2", job_only=True)
     assert not (train / "summary.json").exists()
     assert 1 <= checkpoint.load(train / "checkpoints/last.pt")["epoch"] < EPOCHS
 
@@ -196,7 +246,7 @@ def killed_three_times(run: Path, background: Background) -> None:
         tmp = preds / "predictions.zarr.tmp"
         return tmp.is_dir() and any(p.is_dir() for p in tmp.iterdir())
 
-    run_and_kill(run, predicting, "the first predicted crop")
+    run_and_kill(run, predicting, "the first predicted crop", job_only=False)
     reference = background.done()
     assert "resumed tiny" in (train / "train.log").read_text()
     summary = json.loads((train / "summary.json").read_text())
@@ -211,7 +261,8 @@ def killed_three_times(run: Path, background: Background) -> None:
     assert not (preds / "predictions.zarr").exists() and not (preds / "manifest.json").exists()
 
     # 3. rerun: prediction redone; scoring killed once it has started on the crops
-    run_and_kill(run, lambda: (run / "results/tiny/eval.config.yaml").is_file(), "scoring")
+    run_and_kill(run, lambda: (run / "results/tiny/eval.config.yaml").is_file(), "scoring",
+                 job_only=True)
     assert (preds / "manifest.json").is_file()
     assert not (run / "results/tiny/eval.csv").exists(), "scoring finished before the kill"
     assert not (run / "results/tiny/eval_summary.json").exists()

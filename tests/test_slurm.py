@@ -2,9 +2,10 @@
 through sbatch, the reserved allocation of the GPU rules as sacct records it, and what a user sees
 when a job fails, is killed or cannot be submitted.
 
-They run with CELLMAPSEG_SLURM=1 (root, apt): the whole DAG through sbatch plus the failure cases
-take ~20 min more than a local run, beyond CI's budget today. Otherwise they skip with the reason;
-with CELLMAPSEG_REQUIRE_SLURM=1 a Slurm that cannot start is an error.
+They run wherever the test Slurm can start (root: it installs Debian's packages when missing);
+the session's one embedded-default DAG then goes through sbatch. Elsewhere (not root, or
+CELLMAPSEG_SLURM=0) they skip with the reason; with CELLMAPSEG_REQUIRE_SLURM=1 a Slurm that
+cannot start is an error.
 """
 
 from __future__ import annotations
@@ -140,6 +141,15 @@ def test_the_probe_saw_the_allocation_from_inside(dag):
     assert host["gpus"]["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, range(NODE_GPUS)))
 
 
+def test_gpu_rules_read_the_allocation_the_profile_asked_for(dag):
+    # resources.gpu inside the job is the profile's GPUS (the world size of a GPU config); the
+    # embedded default trains on CPU (train.gpus 0), so it keeps its one CPU rank.
+    for name in ["memory_probe", *(f"train_{m}" for m in MODELS)]:
+        text = (dag.workdir / f"results/logs/{name}.log").read_text()
+        assert f"allocation: resources.gpu = {NODE_GPUS}, train.gpus = 0 -> world size 1" \
+            in text, f"{name}: {text[-2000:]}"
+
+
 # --- what a user sees when something goes wrong -----------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -148,12 +158,9 @@ def cluster(slurm_cluster):
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory, cluster):
-    """A workdir with the data and caching stages done (locally, fast): the inputs of a GPU rule."""
-    wd = tmp_path_factory.mktemp("upstream")
-    proc = _local(wd, "results/probe/caching_strategy.json")
-    assert proc.returncode == 0, _tail(proc)
-    return wd
+def upstream(cluster, probe_stages):
+    """A workdir with the data and caching stages done: the inputs of a GPU rule (read-only)."""
+    return probe_stages
 
 
 def test_misspelt_qos_fails_at_submission_with_slurms_message(cluster, upstream, tmp_path):

@@ -293,10 +293,19 @@ def main(argv: list[str] | None = None) -> None:
         _run(args, cfg)
 
 
-def from_snakemake(snakemake: Any) -> Config:  # noqa: ANN401 - Snakemake's script object
-    """Config for a workflow/scripts wrapper: logging to the rule's log, validated config."""
+def from_snakemake(snakemake: Any, allocation: bool = False) -> Config:  # noqa: ANN401
+    """Config for a workflow/scripts wrapper: logging to the rule's log, validated config.
+    allocation=True (train, memory probe): the world size is the GPUs the job was given
+    (resources.gpu), not train.gpus, when the two differ on a GPU run."""
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
-    return config_mod.from_dict(dict(snakemake.config))
+    cfg = config_mod.from_dict(dict(snakemake.config))
+    if not allocation:
+        return cfg
+    gpus = int(getattr(snakemake.resources, "gpu", cfg.train.gpus))
+    allocated = config_mod.with_allocation(cfg, gpus)
+    log.info("allocation: resources.gpu = %d, train.gpus = %d -> world size %d", gpus,
+             cfg.train.gpus, allocated.train.world_size)
+    return allocated
 
 
 if __name__ == "__main__":

@@ -265,6 +265,21 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return Config(**parts, raw=resolved)
 
 
+def with_allocation(cfg: Config, gpus: int) -> Config:
+    """The config with the world size of the job's allocation: `gpus` is the rule's
+    resources.gpu, which the Slurm profile sets (CELLMAPSEG_SLURM_GPUS) and which a local run
+    takes from train.gpus. A CPU config (train.gpus = 0) keeps train.cpu_ranks whatever the
+    allocation holds, so the embedded default runs unchanged under the production profile."""
+    if cfg.train.gpus == 0 or gpus == cfg.train.gpus:
+        return cfg
+    if gpus <= 0:
+        raise ConfigError(f"config: key 'train.gpus' = {cfg.train.gpus} (GPU training) but the "
+                          f"job's allocation has resources.gpu = {gpus}; give the rule GPUs "
+                          "(Slurm profile: CELLMAPSEG_SLURM_GPUS) or set train.gpus to 0")
+    raw = _deep_merge(cfg.raw, {"train": {"gpus": int(gpus)}})
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpus=int(gpus)), raw=raw)
+
+
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, val in update.items():
