@@ -256,3 +256,35 @@ def test_train_job_killed_at_its_time_limit_keeps_its_checkpoint_and_the_rerun_r
     train_log = (wd / f"results/{model}/train/train.log").read_text()
     assert re.search(rf"resumed {model} from \S+ at epoch 1,", train_log), train_log[-3000:]
     assert json.loads((wd / target).read_text())["epochs"] == 2
+
+
+# --- when the test Slurm runs (no cluster needed) -----------------------------------------------
+
+def test_slurm_tests_skip_with_a_reason_where_they_cannot_run(monkeypatch):
+    import slurm_cluster as sc
+
+    monkeypatch.delenv(sc.REQUIRE_ENV, raising=False)
+    monkeypatch.delenv(sc.OPT_IN_ENV, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in sc.why_not_startable()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sc, "missing_binaries", lambda: ["sbatch"])
+    monkeypatch.setattr(sc.shutil, "which", lambda name: None)
+    assert "no apt-get" in sc.why_not_startable()
+    monkeypatch.setenv(sc.OPT_IN_ENV, "0")
+    assert "turned off" in sc.why_not_startable()
+
+
+def test_slurm_runs_by_default_as_root_and_a_required_one_cannot_be_skipped(monkeypatch):
+    import slurm_cluster as sc
+
+    monkeypatch.delenv(sc.OPT_IN_ENV, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sc, "missing_binaries", lambda: [])
+    assert sc.why_not_startable() is None  # root: on by default
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv(sc.REQUIRE_ENV, "1")
+    monkeypatch.setattr(sc, "_shared", None)
+    monkeypatch.setattr(sc, "_shared_skip", None)
+    with pytest.raises(sc.SlurmError, match="CELLMAPSEG_REQUIRE_SLURM=1 but .*needs root"):
+        sc.shared_cluster()
