@@ -32,8 +32,8 @@ def setup(gpus: int, timeout_s: float = 1800.0) -> Dist:
     if gpus > 0:
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if visible < int(os.environ.get("LOCAL_WORLD_SIZE", world)):
-            raise InputError(f"config: key 'train.gpus' = {gpus} but this node shows {visible} "
-                             "CUDA device(s) to torch")
+            raise InputError(f"config: {gpus} GPU ranks (train.gpus, or the job's resources.gpu "
+                             f"under Slurm) but this node shows {visible} CUDA device(s) to torch")
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
     else:
