@@ -9,7 +9,6 @@ test can plant exactly one problem.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,19 +172,13 @@ def probe_stages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     on the embedded default. The session's embedded DAG when it has already run and passed (its
     stages are the same, and redoing them costs half a minute), else a local run of just these
     stages. Treat it as read-only: link its results/data and results/probe into a new workdir."""
-    import subprocess
-    import sys
-
     import slurm_cluster as sc
 
     dag = sc.finished_dag()
     if dag is not None and dag.returncode == 0:
         return dag.workdir
     workdir = tmp_path_factory.mktemp("probe_stages")
-    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile",
-           str(sc.EMBEDDED_CONFIG), "--cores", "2", "results/probe/caching_strategy.json"]
-    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-    proc = subprocess.run(cmd, cwd=sc.ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = sc.run_local(workdir, "results/probe/caching_strategy.json")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return workdir
 

@@ -468,6 +468,25 @@ def snakemake_command(workdir: Path, *targets: str, configfiles: tuple[Path, ...
             *targets]
 
 
+def local_command(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (EMBEDDED_CONFIG,)
+                  ) -> list[str]:
+    """The workflow without Slurm: `snakemake --cores 2` in `workdir`."""
+    return [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile",
+            *map(str, configfiles), "--cores", "2", *args]
+
+
+def local_env() -> dict[str, str]:
+    """This environment without a SNAKEMAKE_PROFILE that would send jobs elsewhere."""
+    return {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+
+
+def run_local(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (EMBEDDED_CONFIG,),
+              timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the workflow locally (to make inputs or check a finished run)."""
+    return subprocess.run(local_command(workdir, *args, configfiles=configfiles), cwd=ROOT,
+                          env=local_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def run_snakemake(cluster: SlurmCluster, workdir: Path, *targets: str, timeout: float = 1800,
                   site: Site | None = None, **kwargs: object) -> subprocess.CompletedProcess:
     """Run snakemake with the slurm profile against `cluster` (site names from `site`, default
@@ -580,10 +599,8 @@ def run_embedded_dag(workdir: Path, timeout: float = 4800) -> DagRun:
         cmd = snakemake_command(workdir, "all")
         proc = _run_interruptible(cmd, cluster.env(), timeout)
     else:
-        cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile",
-               str(EMBEDDED_CONFIG), "--cores", "2", "all"]
-        env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-        proc = _run_interruptible(cmd, env, timeout)
+        cmd = local_command(workdir, "all")
+        proc = _run_interruptible(cmd, local_env(), timeout)
     global _dag
     _dag = DagRun(workdir=workdir, via_slurm=cluster is not None, returncode=proc.returncode,
                   stdout=proc.stdout, stderr=proc.stderr, duration=time.monotonic() - t0,

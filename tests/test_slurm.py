@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from slurm_cluster import (
     TEST_SITE,
     SlurmCluster,
     _run_interruptible,
+    run_local,
     run_snakemake,
     shared_skip_reason,
     slurm_required,
@@ -52,15 +52,6 @@ def _need(cluster: SlurmCluster | None) -> SlurmCluster:
 def _rule(row: dict[str, str]) -> str:
     """The rule of a job from the plugin's --comment (rule_NAME or rule_NAME_wildcards_...)."""
     return re.sub(r"_wildcards_.*$", "", row["Comment"]).removeprefix("rule_")
-
-
-def _local(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (EMBEDDED_CONFIG,)
-           ) -> subprocess.CompletedProcess:
-    """The workflow without Slurm (to make inputs or check a finished run)."""
-    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile",
-           *map(str, configfiles), "--cores", "2", *args]
-    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
@@ -99,7 +90,7 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
     assert all(r["Account"] == TEST_SITE.account for r in ours)
     # Every job was a Slurm job (nothing ran on the submit host), and nothing is left to do.
     assert len(re.findall(r"^rule \w+:", dag.output, re.M)) == len(ours)
-    check = _local(dag.workdir, "-n", "all")
+    check = run_local(dag.workdir, "-n", "all")
     assert check.returncode == 0 and "Nothing to be done" in check.stdout + check.stderr, \
         _tail(check)
 
