@@ -12,6 +12,7 @@ shared pages once per rank). Prints total PSS, bytes per voxel of data and the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ REAL_CROPS, REAL_VOXELS, REAL_RANKS, REAL_NODE_BYTES = 277, 206e9 / 5, 7, 920e9
 def dataset(root: Path, crops: int, size: int) -> Path:
     from cellmapseg.config import from_dict
     from cellmapseg.data.inventory import write_inventory
-    from cellmapseg.data.synthetic import generate
+    from cellmapseg.synthetic.generate import generate
 
     syn = {"n_train": max(crops, 3), "n_val": 1, "shape": [size] * 3, "shape_jitter": 0.1,
            "large_shape": [size + 16] * 3, "small_shape": [size // 2] * 3, "seed": 7}
@@ -36,13 +37,14 @@ def dataset(root: Path, crops: int, size: int) -> Path:
 
 def run(ranks: int, crops: int, size: int) -> dict:
     from cellmapseg.config import from_dict
+    from cellmapseg.data.inventory import read_inventory
     from cellmapseg.probe import memory as probe
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        rows = probe.read_inventory(dataset(root, crops, size)).head(crops)
-        caching = from_dict({"caching": {"store_dir": str(root / "shm"),
-                                         "disk_dir": str(root / "disk")}}).raw["caching"]
+        rows = read_inventory(dataset(root, crops, size)).head(crops)
+        caching = dataclasses.asdict(from_dict({"caching": {
+            "store_dir": str(root / "shm"), "disk_dir": str(root / "disk")}}).caching)
         out = {}
         for strategy in ("spec", "B"):
             if probe.prepare(strategy, rows, caching):

@@ -41,7 +41,7 @@ def make_case(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return truth, pred_sem, pred_ids.astype(np.uint32)
 
 
-def timed(fn, repeat: int) -> float:  # noqa: ANN001
+def timed(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

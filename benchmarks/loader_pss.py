@@ -36,7 +36,7 @@ CONTROL_OBJECTS = 2_000_000
 def dataset(root: Path, crops: int, size: int) -> Path:
     from cellmapseg.config import from_dict
     from cellmapseg.data.inventory import write_inventory
-    from cellmapseg.data.synthetic import generate
+    from cellmapseg.synthetic.generate import generate
 
     syn = {"n_train": crops, "n_val": 1, "shape": [size] * 3, "large_shape": [size + 8] * 3,
            "small_shape": [size // 3, size, size], "seed": 11}
@@ -107,14 +107,14 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _plant_control(dataset_obj) -> None:  # noqa: ANN001 - the loader's PatchDataset
+def _plant_control(dataset_obj) -> None:  # the loader's PatchDataset
     """Give the dataset a list of Python objects that each item partly reads (the defect)."""
     objects = [str(i) for i in range(CONTROL_OBJECTS)]
     share = CONTROL_OBJECTS // len(dataset_obj)
     cls = type(dataset_obj)
     plain = cls.__getitem__
 
-    def getitem(self, key):  # noqa: ANN001, ANN202
+    def getitem(self, key):
         _, index = key if isinstance(key, tuple) else (0, key)
         start = (index * share) % CONTROL_OBJECTS
         sum(len(s) for s in objects[start:start + share])  # touches refcounts: pages copy
@@ -127,8 +127,8 @@ def rank_main(spec_path: str, out_path: str) -> None:
     import torch.distributed as dist
 
     from cellmapseg.config import from_dict
+    from cellmapseg.data.inventory import read_inventory
     from cellmapseg.probe import smaps
-    from cellmapseg.probe.memory import read_inventory
     from cellmapseg.train import distributed
     from cellmapseg.train.data import make_data
 
@@ -143,7 +143,7 @@ def rank_main(spec_path: str, out_path: str) -> None:
     selection = {"strategy": "B", "store_dir": spec["store_dir"],
                  "disk_dir": spec["store_dir"], "d_threshold_mb": 500}
     d = distributed.setup(0)
-    data = make_data(cfg, "m", read_inventory(spec["inventory"]), selection, d)
+    data = make_data(cfg, cfg.model("m"), read_inventory(spec["inventory"]), selection, d)
     if spec["control"]:
         _plant_control(data.loader.dataset)
     data.sampler.set_epoch(0)
@@ -205,7 +205,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--rank":
-        from cellmapseg.launch import die_with_parent
+        from cellmapseg.runtime.torchrun import die_with_parent
 
         die_with_parent()
         rank_main(sys.argv[2], sys.argv[3])

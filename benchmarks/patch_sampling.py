@@ -25,7 +25,7 @@ def make_volumes(out_dir: Path, n: int, size: int) -> list[dict]:
     """Synthetic CellMap-like crops, all at least ROI-sized (the spec's pipeline cannot pad)."""
     from cellmapseg.config import from_dict
     from cellmapseg.data.datalist import read_datalist
-    from cellmapseg.data.synthetic import generate
+    from cellmapseg.synthetic.generate import generate
 
     syn = {"n_train": max(n, 3), "n_val": 1, "shape": [size] * 3, "shape_jitter": 0.0,
            "large_shape": [size + 16] * 3, "small_shape": [size] * 3, "seed": 1}
@@ -39,7 +39,7 @@ def spec_pipeline(entries: list) -> tuple[list[dict], object]:
     14-channel float32 one-hot label), then crop samples and per-patch flips/rot90 (§11.5 fix)."""
     import monai.transforms as mt
 
-    from cellmapseg.baselines import spec_cache
+    from cellmapseg.probe.spec_baseline import spec_cache
 
     cached = spec_cache([{"image": str(e.image), "label": str(e.label)} for e in entries])
     crop = mt.RandSpatialCropSamplesd(

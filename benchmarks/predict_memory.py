@@ -26,7 +26,7 @@ import numpy as np
 SW_BATCH = 32
 
 
-def model():  # noqa: ANN201 - a torch module
+def model():  # a torch module
     import torch
 
     torch.manual_seed(0)
@@ -63,9 +63,9 @@ def run_ours(image_path: Path, out_dir: Path, roi: int, overlap: float, block: i
     import zarr
 
     from cellmapseg.config import from_dict
-    from cellmapseg.inference import binarise
     from cellmapseg.predict.blocks import predict_blocks
-    from cellmapseg.predict.run import NpyRegions
+    from cellmapseg.predict.image import NpyRegions
+    from cellmapseg.predict.window import binarise
 
     torch.set_num_threads(2)
     cfg = from_dict({"inference": {"overlap": overlap, "sw_batch_size": SW_BATCH}}).inference

@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader
 from cellmapseg.config import load
 from cellmapseg.data.batch import prepare_batch
 from cellmapseg.data.caching import open_source
+from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.sampling import PatchDataset, collate_patches, seed_worker
 from cellmapseg.models.net import Net
-from cellmapseg.models.networks import count_parameters
-from cellmapseg.probe.memory import read_inventory
+from cellmapseg.models.registry import count_parameters
 
 
 def as_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -35,7 +35,7 @@ def as_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
             "valid": b.valid}
 
 
-def timed_steps(net: Net, opt: torch.optim.Optimizer, batches, steps: int,  # noqa: ANN001
+def timed_steps(net: Net, opt: torch.optim.Optimizer, batches, steps: int,
                 device: torch.device) -> float:
     """Seconds per optimizer step over `steps` steps (after 3 warm-up steps)."""
     def step(inputs: dict[str, torch.Tensor]) -> None:
@@ -67,7 +67,7 @@ def run(config: Path, model: str, inventory: Path, steps: int, workers: int) -> 
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         drop_last=True)
     torch.manual_seed(cfg.seed)
-    net = Net(model, m).to(device).train()
+    net = Net(m).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=m.lr)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -8,6 +8,7 @@ test can plant exactly one problem.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,19 @@ import numpy as np
 import pytest
 
 SPACING = (8.0, 8.0, 8.0)
+# The smallest SegResNetDS that trains end to end in seconds on a CPU (see tiny_model).
+TINY_MODEL: dict[str, Any] = {
+    "network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
+    "ds_weights": [1.0, 0.5], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
+    "train_sub_epochs": 2, "epochs": 1, "eval_epochs": 1, "mixup_p": 0.0,
+}
 SHAPE = (16, 20, 24)
 ANNOTATED = "0,1,2,3,7,8,9,10,11,12"
+
+
+def tiny_model(**fields: Any) -> dict[str, Any]:
+    """A fresh copy of TINY_MODEL with `fields` overriding its keys."""
+    return {**copy.deepcopy(TINY_MODEL), **copy.deepcopy(fields)}
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] = SPACING) -> Path:
@@ -125,7 +137,7 @@ def synthetic_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     that per-process noise of a few hundred KB does not blur memory measurements), validated
     into an inventory CSV. Built once per test session."""
     from cellmapseg.config import from_dict
-    from cellmapseg.data.synthetic import generate
+    from cellmapseg.synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("synthetic96")
     syn = {"n_train": 8, "n_val": 2, "shape": [96, 96, 96], "large_shape": [128, 128, 128],
@@ -190,7 +202,7 @@ def tiny_two_rank_job(root: Path, model: dict, data_seed: int, seed: int | None 
 
     from cellmapseg.config import from_dict
     from cellmapseg.data.inventory import write_inventory
-    from cellmapseg.data.synthetic import generate
+    from cellmapseg.synthetic.generate import generate
 
     syn = {"n_train": 3, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
            "small_shape": [12, 24, 24], "seed": data_seed}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import test_bad_inputs as matrix  # noqa: E402 - after the path it is found on
+import test_bad_inputs as matrix  # after the path it is found on
 
 
 def shorten(text: str, roots: list[Path]) -> str:

@@ -296,7 +296,7 @@ class SlurmCluster:
     # internals
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        out = open(self.root / "log" / f"{name}.out", "w")  # noqa: SIM115 - the daemon's
+        out = open(self.root / "log" / f"{name}.out", "w")  # the daemon keeps its own copy
         proc = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent)
@@ -304,7 +304,7 @@ class SlurmCluster:
         self._procs.append((name, proc))
         return proc
 
-    def _wait(self, what: str, ready, timeout: float = 60.0, proc=None) -> None:  # noqa: ANN001
+    def _wait(self, what: str, ready, timeout: float = 60.0, proc=None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:

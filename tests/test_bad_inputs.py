@@ -30,20 +30,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHAPE, crop_names, make_dataset_files
+from conftest import SHAPE, TINY_MODEL, crop_names, make_dataset_files, tiny_model
 
 from cellmapseg import cli
 from cellmapseg.config import from_dict
 from cellmapseg.data.inventory import write_inventory
-from cellmapseg.train import checkpoint
+from cellmapseg.models import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
 CROPS = crop_names(4)  # make_dataset_files' names: training 0-2, validation 3
 BAD = CROPS[1]  # the crop a case breaks (training[1])
-TINY = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
-        "ds_weights": [1.0, 0.5], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
-        "train_sub_epochs": 2, "epochs": 1, "eval_epochs": 1, "mixup_p": 0.0}
 OUTPUTS = {  # what the stage writes that Snakemake (or the next stage) takes as complete
     "inventory": ("results/data/inventory.csv",),
     "train": ("results/tiny/train/summary.json", "results/tiny/train/metrics.csv"),
@@ -95,7 +92,7 @@ def prepare_base(root: Path) -> Base:
     raw = base_config(datalist)
     cfg = from_dict(raw)
     write_inventory(cfg, root / "inventory.csv")
-    network = cfg.raw["models"]["tiny"]["network"]
+    network = cfg.model("tiny").network.as_dict()
     ckpt = root / "best.pt"
     checkpoint.save(ckpt, {"model_name": "tiny", "network": network, "epoch": 1, "step": 3,
                            "best_score": 0.1, "model": {"w": torch.zeros(4096)}})
@@ -104,7 +101,7 @@ def prepare_base(root: Path) -> Base:
 
 def base_config(datalist: Path) -> dict[str, Any]:
     return {"data": {"datalist": str(datalist), "synthetic": {"enabled": False}},
-            "train": {"num_workers": 0}, "models": {"tiny": copy.deepcopy(TINY)}}
+            "train": {"num_workers": 0}, "models": {"tiny": tiny_model()}}
 
 
 @dataclass
@@ -147,12 +144,12 @@ class World:
         self.path(rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, self.path(rel))
 
-    def write_json(self, rel: str, obj: Any) -> Path:  # noqa: ANN401
+    def write_json(self, rel: str, obj: Any) -> Path:
         self.path(rel).parent.mkdir(parents=True, exist_ok=True)
         self.path(rel).write_text(json.dumps(obj))
         return self.path(rel)
 
-    def write_yaml(self, rel: str, obj: Any) -> Path:  # noqa: ANN401
+    def write_yaml(self, rel: str, obj: Any) -> Path:
         self.path(rel).write_text(yaml.safe_dump(obj))
         return self.path(rel)
 
@@ -206,7 +203,7 @@ def _del(key: str, index: int | None = None, split: str = "training") -> Callabl
     return change
 
 
-def _set_entry(index: int, key: str, value: Any) -> Callable[[dict], None]:  # noqa: ANN401
+def _set_entry(index: int, key: str, value: Any) -> Callable[[dict], None]:
     return lambda data: data["training"][index].__setitem__(key, value)
 
 
@@ -350,7 +347,7 @@ CASES: list[Case] = [
     Case("checkpoint-other-model", "predict", _checkpoint(model_name="segresnet"),
          ("best.pt: written for model 'segresnet', not 'tiny'",)),
     Case("checkpoint-other-network-config", "predict",
-         _checkpoint(network={**TINY["network"], "init_filters": 8, "norm": "INSTANCE"}),
+         _checkpoint(network={**TINY_MODEL["network"], "init_filters": 8, "norm": "INSTANCE"}),
          ("best.pt: network config differs from this model's: init_filters is 8 in the "
           "checkpoint, 4 configured",)),
     Case("checkpoint-pickled-object", "predict", _pickled_object,
@@ -382,7 +379,7 @@ def run_in_process(w: World) -> tuple[int, str]:
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
-            except Exception:  # noqa: BLE001 - shown as the user would see it
+            except Exception:  # shown as the user would see it
                 traceback.print_exc()
                 code = 1
     finally:
@@ -466,8 +463,8 @@ def test_console_entry_is_what_a_user_sees(case_id: str, base: Base, tmp_path: P
 def run_store_truncated(root: Path, base: Base) -> tuple[World, int, str, dict[str, Any]]:
     """Train (strategy B) over a store whose data.bin was cut in half: not an error; the store
     is found incomplete, rebuilt, and training completes. Returns the store's state."""
+    from cellmapseg.data.inventory import read_inventory
     from cellmapseg.data.store import ensure_store, is_complete
-    from cellmapseg.probe.memory import read_inventory
 
     w = World.create(root, base, "train")
     store_dir = w.path("shm")

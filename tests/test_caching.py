@@ -12,10 +12,10 @@ import pytest
 from cellmapseg.config import from_dict
 from cellmapseg.data import store as store_mod
 from cellmapseg.data.caching import MixedSource, open_source
+from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.loading import load_volume
 from cellmapseg.data.store import StoreSource, ensure_store, is_complete
 from cellmapseg.errors import InputError
-from cellmapseg.probe.memory import read_inventory
 
 
 @pytest.fixture(scope="module")

@@ -136,8 +136,8 @@ def test_cluster_config_carries_the_spec_values():
 def test_cluster_config_over_the_default_inherits_no_cpu_sizes():
     """Snakemake merges --configfile over config/config.yaml: the cluster file must set every
     key the CPU default sets, or CPU sizes would leak into the real run."""
-    merged = config.load(DEFAULT, CLUSTER).raw
-    alone = config.load(CLUSTER).raw
+    merged = config.to_dict(config.load(DEFAULT, CLUSTER))
+    alone = config.to_dict(config.load(CLUSTER))
     merged["data"].pop("synthetic")
     alone["data"].pop("synthetic")
     assert merged == alone
@@ -175,7 +175,7 @@ def test_gpu_run_takes_its_world_size_from_the_allocation():
     cfg = config.from_dict({"train": {"gpus": 7}})
     four = config.with_allocation(cfg, 4)
     assert four.train.world_size == 4
-    assert four.raw["train"]["gpus"] == 4  # the resolved config the ranks read says so too
+    assert config.to_dict(four)["train"]["gpus"] == 4  # the resolved config says so too
     assert cfg.train.world_size == 7  # the original is unchanged
     assert config.with_allocation(cfg, 7) is cfg
 

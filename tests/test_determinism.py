@@ -1,6 +1,6 @@
 """Determinism: two CPU runs with the same seed give bitwise-identical losses, step by step.
 
-Both runs go through the package's training entry point (cellmapseg.train.run.main under
+Both runs go through the package's training entry point (cellmapseg.train.rank.main under
 torchrun, 2 gloo ranks with one loader worker each, strategy B, Mixup on); a thin wrapper
 records every micro-batch loss of every rank by wrapping the DDP module. The two runs are
 started at the same time, so they also see different scheduling and worker timing.
@@ -15,12 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_two_rank_job
+from conftest import tiny_model, tiny_two_rank_job
 
 STEPS = 20
-MODEL = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
-         "ds_weights": [1.0, 0.5], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 1,
-         "train_sub_epochs": 14, "epochs": 1, "eval_epochs": 1, "mixup_p": 0.5}
+MODEL = tiny_model(batch_size=1, train_sub_epochs=14, mixup_p=0.5)
 
 # One rank: the package's entry point, with the DDP module wrapped to record each loss.
 RANK = '''
@@ -28,7 +26,7 @@ import json, os, sys
 from pathlib import Path
 from torch.nn.parallel import DistributedDataParallel
 import cellmapseg.train.loop as loop
-from cellmapseg.train import run
+from cellmapseg.train import rank
 
 losses = []
 
@@ -39,7 +37,7 @@ class Recording(DistributedDataParallel):
         return out
 
 loop.DDP = Recording
-run.main(sys.argv[1:])
+rank.main(sys.argv[1:])
 out = Path(sys.argv[sys.argv.index("--out") + 1])
 (out / f"losses_rank{os.environ['RANK']}.json").write_text(json.dumps(losses))
 '''

@@ -14,10 +14,16 @@ import zarr
 
 from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.errors import InputError
-from cellmapseg.evaluate import evaluate, score_instances, semantic_counts
 from cellmapseg.evaluate.aggregate import METRIC_VERSION, instance_class
-from cellmapseg.evaluate.instance import max_distance, ratio_cutoff, relabel_components
-from cellmapseg.evaluate.semantic import count_block
+from cellmapseg.evaluate.instance import (
+    max_distance,
+    ratio_cutoff,
+    relabel_components,
+    score_instances,
+)
+from cellmapseg.evaluate.metrics import count_block
+from cellmapseg.evaluate.score import evaluate
+from cellmapseg.evaluate.semantic import semantic_counts
 
 SP = (8.0, 8.0, 8.0)
 CH = {name: c for c, name in enumerate(CLASS_NAMES)}

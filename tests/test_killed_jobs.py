@@ -40,7 +40,7 @@ import torch
 import zarr
 
 from cellmapseg.classes import CLASS_NAMES
-from cellmapseg.train import checkpoint
+from cellmapseg.models import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "results/tiny/eval.csv"
@@ -287,7 +287,7 @@ grandchild.wait()
 """
 RANK = """
 import time
-from cellmapseg.launch import die_with_parent
+from cellmapseg.runtime.torchrun import die_with_parent
 die_with_parent()
 print("ready", flush=True)
 time.sleep(60)

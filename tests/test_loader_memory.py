@@ -18,7 +18,7 @@ import pytest
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "loader_pss.py"
 
 
-def load_benchmark():  # noqa: ANN201 - a module
+def load_benchmark():  # a module
     spec = importlib.util.spec_from_file_location("loader_pss", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -121,7 +121,7 @@ def test_coarse_level_targets_stay_binary():
 
 
 def test_net_eval_returns_full_resolution_logits_and_loss_with_a_target():
-    net = Net("m", model_cfg(SEGRESNET)).eval()
+    net = Net(model_cfg(SEGRESNET)).eval()
     batch = random_batch([32, 32, 32])
     with torch.no_grad():
         out = net(batch)
@@ -134,14 +134,14 @@ def test_net_eval_returns_full_resolution_logits_and_loss_with_a_target():
 
 
 def test_net_level_weights_are_normalised_and_follow_the_outputs():
-    assert Net("m", model_cfg(SEGRESNET)).level_weights == pytest.approx([4 / 7, 2 / 7, 1 / 7])
-    assert Net("m", model_cfg(flex([0, 0.5, 0, 1]))).level_weights == pytest.approx([2 / 3, 1 / 3])
-    assert Net("m", model_cfg(SWIN)).level_weights == [1.0]
+    assert Net(model_cfg(SEGRESNET)).level_weights == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    assert Net(model_cfg(flex([0, 0.5, 0, 1]))).level_weights == pytest.approx([2 / 3, 1 / 3])
+    assert Net(model_cfg(SWIN)).level_weights == [1.0]
 
 
 def test_segresnet_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
-    net = Net("m", model_cfg(SEGRESNET, mixup_p=0.0)).train()
+    net = Net(model_cfg(SEGRESNET, mixup_p=0.0)).train()
     batch = random_batch([32, 32, 32])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
@@ -179,7 +179,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         result = {}
         for name, fields in DDP_MODELS.items():
             torch.manual_seed(0)
-            net = Net(name, model_cfg(fields, mixup_p=1.0)).train()
+            net = Net(model_cfg(fields, mixup_p=1.0)).train()
             start = checksum(net)
             ddp = DistributedDataParallel(net, find_unused_parameters=False)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.1)

@@ -11,7 +11,7 @@ from monai.networks.nets.flexible_unet import SegmentationHead
 
 from cellmapseg.config import ModelConfig, from_dict, load
 from cellmapseg.errors import ConfigError
-from cellmapseg.models import Net, build_network, check_roi, count_parameters, roi_divisor
+from cellmapseg.models import Net, build_network, check_model, count_parameters, roi_divisor
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 SEGRESNET = {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1, 1]}
@@ -46,12 +46,12 @@ def test_segresnet_trailing_zero_ds_weights_build_fewer_heads():
 @pytest.mark.parametrize("weights", [[1.0, 0.0, 0.5], [0.0, 1.0], [0.0]])
 def test_segresnet_zero_weight_before_a_nonzero_one_or_first_is_config_error(weights):
     with pytest.raises(ConfigError, match=r"models\.m\.ds_weights"):
-        build_network(model_cfg(SEGRESNET, ds_weights=weights), name="m")
+        build_network(model_cfg(SEGRESNET, ds_weights=weights))
 
 
 def test_segresnet_more_ds_levels_than_decoder_levels_is_config_error():
     with pytest.raises(ConfigError, match=r"models\.m\.ds_weights.*at most 3"):
-        build_network(model_cfg(SEGRESNET, ds_weights=[1, 1, 1, 1]), name="m")
+        build_network(model_cfg(SEGRESNET, ds_weights=[1, 1, 1, 1]))
 
 
 def test_swinunetr_returns_a_single_full_resolution_output():
@@ -77,12 +77,12 @@ def test_flexunet_builds_one_head_per_nonzero_lvl_weight(weights, sides):
 
 def test_flexunet_zero_last_lvl_weight_is_config_error():
     with pytest.raises(ConfigError, match=r"models\.m\.lvl_weights.*last"):
-        build_network(model_cfg(FLEX, lvl_weights=[0, 0, 1, 0]), name="m")
+        build_network(model_cfg(FLEX, lvl_weights=[0, 0, 1, 0]))
 
 
 def test_swinunetr_roi_not_divisible_by_32_is_config_error():
     with pytest.raises(ConfigError, match=r"models\.m\.roi_size.*\[48, 48, 48\].*32"):
-        check_roi("m", model_cfg(SWIN, roi_size=[48, 48, 48]))
+        check_model(model_cfg(SWIN, roi_size=[48, 48, 48]))
 
 
 @pytest.mark.parametrize(("network", "divisor"), [(SEGRESNET, 8), (SWIN, 32), (FLEX, 32)])
@@ -90,20 +90,20 @@ def test_roi_divisor_follows_the_network_downsampling(network, divisor):
     assert roi_divisor(model_cfg(network)) == divisor
     bad = model_cfg(network, roi_size=[64, 64, 64 + divisor // 2])
     with pytest.raises(ConfigError, match=rf"models\.m\.roi_size.*{divisor}"):
-        check_roi("m", bad)
+        check_model(bad)
 
 
 @pytest.mark.parametrize(("network", "roi"), [(SWIN, [32, 32, 32]), (SEGRESNET, [8, 8, 8])])
 def test_roi_that_leaves_a_single_bottleneck_voxel_is_config_error(network, roi):
     cfg = model_cfg(network, roi_size=roi)
     with pytest.raises(ConfigError, match=r"models\.m\.roi_size.*single voxel"):
-        check_roi("m", cfg)
+        check_model(cfg)
 
 
 @pytest.mark.parametrize("name", ["segresnet", "swinunetr", "flexunet_resnet34"])
 def test_cpu_config_models_train_forward_at_their_roi(name):
     cfg = load(CONFIG_DIR / "config.yaml").model(name)
-    net = Net(name, cfg).network.train()
+    net = Net(cfg).network.train()
     outs = net(torch.randn(2, 1, *cfg.roi_size))
     assert tuple(outs[0].shape) == (2, 14, *cfg.roi_size)
     print(f"{name}: {count_parameters(net):,} parameters")
@@ -118,7 +118,7 @@ CLUSTER_PARAMETERS = {
 @pytest.mark.parametrize("name", sorted(CLUSTER_PARAMETERS))
 def test_cluster_config_models_build_with_the_spec_sizes(name):
     cfg = load(CONFIG_DIR / "cluster.yaml").model(name)
-    net = Net(name, cfg).eval()
+    net = Net(cfg).eval()
     n = count_parameters(net)
     print(f"{name}: {n:,} parameters")
     assert n == pytest.approx(CLUSTER_PARAMETERS[name], rel=0.05)

@@ -11,17 +11,16 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from conftest import tiny_model
 
+from cellmapseg import stages
 from cellmapseg.classes import CLASS_NAMES
-from cellmapseg.cli import stage_evaluate, stage_predict
-from cellmapseg.config import from_dict, load
+from cellmapseg.config import from_dict, load, to_dict
 from cellmapseg.data.inventory import write_inventory
-from cellmapseg.data.synthetic import generate
 from cellmapseg.errors import InputError
+from cellmapseg.synthetic.generate import generate
 
-MODEL = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
-         "ds_weights": [1.0], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
-         "train_sub_epochs": 1, "epochs": 1, "eval_epochs": 1, "mixup_p": 0.0}
+MODEL = tiny_model(ds_weights=[1.0], train_sub_epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +46,15 @@ def trained(tmp_path_factory):
     return root, load(root / "config.yaml")
 
 
+def predict(cfg, model, summary, inventory, out, crops=None):
+    """The predict stage with the workflow's manifest beside the store."""
+    stages.predict(cfg, model, summary, inventory, out, out.parent / "manifest.json", crops)
+
+
 def test_predictions_follow_the_challenge_layout(trained):
     root, cfg = trained
     out = root / "tiny/predictions/predictions.zarr"
-    stage_predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv", out)
+    predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv", out)
     inv = pd.read_csv(root / "inventory.csv", keep_default_na=False)
     val = inv[inv.split == "validation"]
     store = zarr.open_group(str(out), mode="r")
@@ -70,8 +74,8 @@ def test_predictions_follow_the_challenge_layout(trained):
     assert manifest["crops"] == list(val["crop_id"]) and manifest["epoch"] == 1
     assert not (out.parent / "predictions.zarr.tmp").exists()
 
-    stage_evaluate(cfg, out, root / "inventory.csv", root / "tiny/eval.csv",
-                   root / "tiny/eval_summary.json")
+    stages.evaluate(cfg, out, root / "inventory.csv", root / "tiny/eval.csv",
+                    root / "tiny/eval_summary.json")
     table = pd.read_csv(root / "tiny/eval.csv")
     for crop, classes in table.groupby("crop")["class"]:
         annotated = inv.set_index("crop").loc[crop, "annotated_classes"]
@@ -83,10 +87,9 @@ def test_predictions_follow_the_challenge_layout(trained):
 def test_block_size_does_not_change_the_predictions(trained):
     root, cfg = trained
     inv = root / "inventory.csv"
-    stage_predict(cfg, "tiny", root / "tiny/train/summary.json", inv, root / "a/p.zarr")
-    raw = {**cfg.raw, "inference": {**cfg.raw["inference"], "block_size": 64}}
-    stage_predict(from_dict(raw), "tiny", root / "tiny/train/summary.json", inv,
-                  root / "b/p.zarr")
+    predict(cfg, "tiny", root / "tiny/train/summary.json", inv, root / "a/p.zarr")
+    raw = {**to_dict(cfg), "inference": {**to_dict(cfg)["inference"], "block_size": 64}}
+    predict(from_dict(raw), "tiny", root / "tiny/train/summary.json", inv, root / "b/p.zarr")
     a, b = zarr.open_group(str(root / "a/p.zarr")), zarr.open_group(str(root / "b/p.zarr"))
     for crop in a.group_keys():
         for name in CLASS_NAMES:
@@ -100,18 +103,16 @@ def test_missing_or_corrupt_checkpoint_fails_in_one_line(trained, tmp_path):
     fake.mkdir()
     (fake / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(InputError, match="checkpoint .*best.pt: file not found"):
-        stage_predict(cfg, "tiny", fake / "summary.json", root / "inventory.csv",
-                      tmp_path / "p.zarr")
+        predict(cfg, "tiny", fake / "summary.json", root / "inventory.csv", tmp_path / "p.zarr")
     (fake / "checkpoints").mkdir()
     (fake / "checkpoints/best.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="truncated or corrupt"):
-        stage_predict(cfg, "tiny", fake / "summary.json", root / "inventory.csv",
-                      tmp_path / "p.zarr")
+        predict(cfg, "tiny", fake / "summary.json", root / "inventory.csv", tmp_path / "p.zarr")
     assert not (tmp_path / "p.zarr").exists()
 
 
 def test_unknown_crop_is_named(trained, tmp_path):
     root, cfg = trained
     with pytest.raises(InputError, match="crops not in the inventory: crop999"):
-        stage_predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv",
-                      tmp_path / "p.zarr", crops=["crop999"])
+        predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv",
+                tmp_path / "p.zarr", crops=["crop999"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
 from cellmapseg.config import from_dict
+from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.store import store_bytes
 from cellmapseg.errors import InputError
 from cellmapseg.probe import memory as probe
@@ -16,8 +18,8 @@ GiB = 2**30
 
 
 def caching_dict(tmp_path) -> dict:
-    return from_dict({"caching": {"store_dir": str(tmp_path / "shm"),
-                                  "disk_dir": str(tmp_path / "disk")}}).raw["caching"]
+    return dataclasses.asdict(from_dict({"caching": {"store_dir": str(tmp_path / "shm"),
+                                                     "disk_dir": str(tmp_path / "disk")}}).caching)
 
 
 def run(strategy, rows, nproc, tmp_path):
@@ -28,7 +30,7 @@ def run(strategy, rows, nproc, tmp_path):
 
 @pytest.fixture(scope="module")
 def inventory(synthetic_inventory):
-    return probe.read_inventory(synthetic_inventory)
+    return read_inventory(synthetic_inventory)
 
 
 @pytest.mark.slow

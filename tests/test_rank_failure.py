@@ -17,15 +17,14 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import tiny_two_rank_job
+from conftest import tiny_model, tiny_two_rank_job
 
 from cellmapseg.train.loop import fault_from_env
 
 LIMIT_S = 60.0
 KINDS = ("raise", "kill")
-MODEL = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
-         "ds_weights": [1.0], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 1,
-         "train_sub_epochs": 4, "epochs": 2, "eval_epochs": 2}
+MODEL = tiny_model(ds_weights=[1.0], batch_size=1, train_sub_epochs=4, epochs=2, eval_epochs=2,
+                   mixup_p=0.5)
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ERROR .*injected fault", re.M)
 
 

@@ -9,15 +9,22 @@ import pandas as pd
 import pytest
 
 from cellmapseg.errors import InputError
+from cellmapseg.layout import Results
 from cellmapseg.report.comparison import (
     best_marks,
     build,
+    model_files,
     overview_rst,
     to_html,
     to_markdown,
     write_comparison,
 )
 from cellmapseg.report.console import print_comparison, report_target
+
+
+def files(results: Path, models: list[str]) -> dict:
+    """The comparison's inputs in a results folder laid out like the workflow's."""
+    return model_files(Results(results), models)
 
 
 def semantic(iou: float) -> dict:
@@ -63,7 +70,7 @@ MODELS = ["alpha", "beta", "gamma", "delta", "ghost"]
 
 
 def test_best_value_of_each_score_column_is_marked(results):
-    marks = best_marks(build(results, MODELS))
+    marks = best_marks(build(files(results, MODELS)))
     assert marks["iou_ecs"] == {"alpha"} and marks["iou_pm"] == {"beta"}
     assert marks["dice_ecs"] == {"alpha"} and marks["dice_pm"] == {"beta"}
     assert marks["nuc_f1"] == {"alpha"} and marks["nuc_norm_hausdorff"] == {"beta"}
@@ -71,7 +78,7 @@ def test_best_value_of_each_score_column_is_marked(results):
 
 
 def test_guard_skipped_scores_never_win(results):
-    frame = build(results, MODELS)
+    frame = build(files(results, MODELS))
     gamma = frame.set_index("model").loc["gamma"]
     assert gamma["overall"] == 0.9 and gamma["nuc_combined"] == 1.0
     assert "nuc: all 2 crops skipped" in gamma["guard_note"]
@@ -85,11 +92,11 @@ def test_guard_skipped_scores_never_win(results):
 def test_ties_mark_every_holder(tmp_path):
     write_model(tmp_path, "a", {"ecs": 0.5}, None, 0.3)
     write_model(tmp_path, "b", {"ecs": 0.5}, None, 0.2)
-    assert best_marks(build(tmp_path, ["a", "b"]))["iou_ecs"] == {"a", "b"}
+    assert best_marks(build(files(tmp_path, ["a", "b"])))["iou_ecs"] == {"a", "b"}
 
 
 def test_missing_models_are_shown_not_dropped(results):
-    frame = build(results, MODELS)
+    frame = build(files(results, MODELS))
     assert list(frame["model"]) == MODELS
     status = frame.set_index("model")["status"]
     assert status["alpha"] == "ok"
@@ -102,14 +109,14 @@ def test_missing_models_are_shown_not_dropped(results):
 
 
 def test_unscored_class_reads_not_applicable(results):
-    frame = build(results, ["alpha"])
+    frame = build(files(results, ["alpha"]))
     assert pd.isna(frame.loc[0, "iou_mito_mem"])
     assert "| alpha | **0.900** | **0.500** | n/a |" in to_markdown(frame, best_marks(frame))
 
 
 def test_stage_writes_every_file_and_a_figure(results):
     out = results / "cmp"
-    write_comparison(results, MODELS, out)
+    write_comparison(files(results, MODELS), Results(out).comparison())
     for name in ("comparison.csv", "comparison.md", "comparison.html", "comparison.png",
                  "comparison.rst"):
         assert (out / name).stat().st_size > 0, name
@@ -123,7 +130,7 @@ def test_stage_writes_every_file_and_a_figure(results):
 def test_names_are_escaped_in_html(tmp_path):
     name = '<script>alert("x")</script>'
     write_model(tmp_path, name, {"ecs": 0.5}, None, 0.3)
-    frame = build(tmp_path, [name])
+    frame = build(files(tmp_path, [name]))
     page = to_html(frame, best_marks(frame))
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<script>" not in overview_rst(frame, {}, _png(tmp_path))
@@ -138,16 +145,16 @@ def _png(folder: Path) -> Path:
 def test_corrupt_summary_names_the_file(results):
     (results / "alpha" / "eval_summary.json").write_text("{not json")
     with pytest.raises(InputError, match=r"alpha/eval_summary.json: not valid JSON"):
-        build(results, ["alpha"])
+        build(files(results, ["alpha"]))
 
 
 def test_no_models_is_an_error(tmp_path):
     with pytest.raises(InputError, match="no models"):
-        build(tmp_path, [])
+        build(files(tmp_path, []))
 
 
 def test_console_prints_table_and_report_path(results, capsys, tmp_path):
-    write_comparison(results, ["alpha"], results)
+    write_comparison(files(results, ["alpha"]), Results(results).comparison())
     print_comparison(results / "comparison.md", ["snakemake", "--report", "out/report.html"])
     text = capsys.readouterr().out
     assert "# Model comparison" in text and "| alpha |" in text

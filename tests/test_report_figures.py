@@ -16,7 +16,7 @@ from matplotlib.text import Text
 
 from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.config import from_dict
-from cellmapseg.data.inventory import write_inventory
+from cellmapseg.data.inventory import CROP_COLUMNS, write_inventory
 from cellmapseg.errors import InputError
 from cellmapseg.report import figures
 from cellmapseg.report.figures import (
@@ -224,7 +224,7 @@ def test_examples_missing_store_raises_input_error_naming_it(
 
 
 def test_examples_without_validation_crops_returns_no_names(tmp_path: Path) -> None:
-    inventory = pd.DataFrame(columns=list(figures.INVENTORY_COLUMNS))
+    inventory = pd.DataFrame(columns=list(CROP_COLUMNS))
     assert plot_examples(tmp_path / "absent.zarr", inventory, "unet", tmp_path / "e.png") == []
     assert (tmp_path / "e.png").is_file()
 

@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_model
 
-from cellmapseg import cli
-from cellmapseg.config import from_dict
+from cellmapseg import cli, stages
+from cellmapseg.config import from_dict, load
 from cellmapseg.data.inventory import write_inventory
 from cellmapseg.errors import InputError
-from cellmapseg.launch import torchrun_command
+from cellmapseg.models import checkpoint
 from cellmapseg.report.probe import caching_html, memory_html
-from cellmapseg.train import checkpoint
+from cellmapseg.runtime import torchrun
+from cellmapseg.runtime.torchrun import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "cellmapseg"
@@ -35,9 +37,7 @@ HOSTILE = "crop 'single' \"double\" $(touch /tmp/pwned) `touch /tmp/pwned2`; rm 
 # executed it would leave tmp_path/pwned or tmp_path/pwned2.
 HOSTILE_NAME = "crop 'single' \"double\" $(touch pwned) `touch pwned2`; rm -rf x"
 SCRIPT = "<script>alert('x')</script>"
-TINY = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
-        "ds_weights": [1.0, 0.5], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
-        "train_sub_epochs": 2, "epochs": 1}
+TINY = tiny_model(eval_epochs=5, mixup_p=0.5)
 
 
 def python_files() -> list[Path]:
@@ -140,7 +140,7 @@ def test_subprocesses_take_argument_lists_never_a_shell() -> None:
 
 def test_hostile_strings_stay_single_arguments_of_the_launch_command(tmp_path: Path) -> None:
     path = tmp_path / HOSTILE / "config.yaml"
-    cmd = torchrun_command(2, "cellmapseg.train.run", ["--model", "m", "--config", path,
+    cmd = torchrun_command(2, "cellmapseg.train.rank", ["--model", "m", "--config", path,
                                                        "--crop", HOSTILE])
     assert isinstance(cmd, list) and all(isinstance(a, str) for a in cmd)
     assert cmd[cmd.index("--config") + 1] == str(path)
@@ -173,9 +173,9 @@ def test_the_train_stage_hands_torchrun_hostile_paths_as_single_arguments(
         seen.append((cmd, kwargs))
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(cli.subprocess, "run", record)
+    monkeypatch.setattr(torchrun.subprocess, "run", record)
     out = tmp_path / HOSTILE_NAME / "train"
-    cli.stage_train(cli.config_mod.load(config), "tiny", inventory, caching, out)
+    stages.train(load(config), "tiny", inventory, caching, out)
     ((cmd, kwargs),) = seen
     assert isinstance(cmd, list) and not kwargs.get("shell", False)
     assert cmd[cmd.index("--out") + 1] == str(out)

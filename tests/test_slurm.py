@@ -192,7 +192,7 @@ def _training_ranks(workdir: Path) -> list[int]:
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"cellmapseg.train.run" in cmd and Path(os.readlink(proc / "cwd")) == workdir:
+            if b"cellmapseg.train.rank" in cmd and Path(os.readlink(proc / "cwd")) == workdir:
                 pids.append(int(proc.name))
         except (OSError, ValueError):
             continue

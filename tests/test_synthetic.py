@@ -14,7 +14,7 @@ import pytest
 
 from cellmapseg.classes import CLASS_NAMES, NUM_CLASSES
 from cellmapseg.config import SyntheticConfig, from_dict
-from cellmapseg.data.synthetic import generate
+from cellmapseg.synthetic.generate import generate
 
 SPACING = (8.0, 8.0, 8.0)
 LARGE, SMALL = (40, 44, 48), (12, 24, 28)

@@ -14,18 +14,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import tiny_model
 
 from cellmapseg.config import from_dict
 from cellmapseg.data.inventory import write_inventory
-from cellmapseg.data.synthetic import generate
 from cellmapseg.errors import InputError
-from cellmapseg.train import checkpoint
+from cellmapseg.models import checkpoint
+from cellmapseg.synthetic.generate import generate
 
-TINY_MODEL = {
-    "network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1]},
-    "ds_weights": [1.0, 0.5], "roi_size": [16, 16, 16], "num_samples": 2, "batch_size": 2,
-    "train_sub_epochs": 2, "epochs": 4, "eval_epochs": 2, "lr": 0.003, "mixup_p": 0.5,
-}
+TINY_MODEL = tiny_model(epochs=4, eval_epochs=2, lr=0.003, mixup_p=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +188,7 @@ def test_a_changed_config_does_not_resume_an_old_checkpoint(setup, tmp_path):
 
 
 def test_rank_threads_never_exceed_the_usable_cpus(monkeypatch):
-    from cellmapseg.cli import threads_per_rank
+    from cellmapseg.runtime.torchrun import threads_per_rank
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     assert threads_per_rank(63, 1) == 2  # a Slurm job granted more CPUs than the machine has

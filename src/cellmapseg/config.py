@@ -90,9 +90,14 @@ class NetworkConfig:
     type: str
     args: dict[str, Any]  # backbone arguments, validated per type by the schema
 
+    def as_dict(self) -> dict[str, Any]:
+        """The network section as configured (what a checkpoint records and is checked against)."""
+        return {"type": self.type, **copy.deepcopy(self.args)}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
+    name: str  # the key under `models`: results/{name}/, and the prefix of its config keys
     network: NetworkConfig
     roi_size: tuple[int, int, int]
     num_samples: int
@@ -119,6 +124,10 @@ class ModelConfig:
     def class_weight_list(self) -> list[float]:
         return list(self.class_weights) if self.class_weights else [1.0] * NUM_CLASSES
 
+    def key(self, field: str) -> str:
+        """The dotted config key of one of this model's fields, for messages."""
+        return f"models.{self.name}.{field}"
+
 
 @dataclass(frozen=True)
 class Config:
@@ -128,7 +137,6 @@ class Config:
     train: TrainConfig
     inference: InferenceConfig
     models: dict[str, ModelConfig]
-    raw: dict[str, Any] = dataclasses.field(repr=False, compare=False)
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:
@@ -148,7 +156,7 @@ def _validator_with_defaults() -> type:
     base = Draft202012Validator
     check_properties = base.VALIDATORS["properties"]
 
-    def properties(validator, props, instance, sch):  # noqa: ANN001 - jsonschema callback
+    def properties(validator, props, instance, sch):  # jsonschema callback
         if isinstance(instance, dict):
             for key, sub in props.items():
                 if "default" in sub and key not in instance:
@@ -168,9 +176,11 @@ _JSON_TYPES = {
 }
 
 
-def _describe(error) -> list[str]:  # noqa: ANN001 - jsonschema.ValidationError
+def _describe(error) -> list[str]:  # jsonschema.ValidationError
     """One line per problem, naming the dotted key."""
     path = list(error.absolute_path)
+    if "x-message" in error.schema:  # the schema's own wording (network-specific keys)
+        return [f"config: key '{_dotted(path)}' {error.schema['x-message']}"]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]
@@ -212,25 +222,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         lines.extend(_describe(err))
     if lines:
         raise ConfigError("\n".join(dict.fromkeys(lines)))
-    _check_cross_fields(resolved)
     return resolved
-
-
-def _check_cross_fields(cfg: dict[str, Any]) -> None:
-    """Rules a JSON schema cannot express clearly."""
-    for name, model in cfg["models"].items():
-        net = model["network"]["type"]
-        if net == "segresnet" and not model["ds_weights"]:
-            raise ConfigError(f"config: key 'models.{name}.ds_weights' is required for segresnet")
-        if net == "flexunet" and model["lvl_weights"] is not None and len(model["lvl_weights"]) > 4:
-            raise ConfigError(
-                f"config: key 'models.{name}.lvl_weights' has {len(model['lvl_weights'])} values;"
-                " FlexibleUNet has at most 4 decoder scales with heads"
-            )
-        if net != "segresnet" and model["ds_weights"] is not None:
-            raise ConfigError(f"config: key 'models.{name}.ds_weights' applies to segresnet only")
-        if net != "flexunet" and model["lvl_weights"] is not None:
-            raise ConfigError(f"config: key 'models.{name}.lvl_weights' applies to flexunet only")
 
 
 def _build(cls: type, value: Any) -> Any:
@@ -238,13 +230,19 @@ def _build(cls: type, value: Any) -> Any:
     if cls is NetworkConfig:
         args = {k: v for k, v in value.items() if k != "type"}
         return NetworkConfig(type=value["type"], args=args)
+    if cls is ModelConfig:
+        hints = typing.get_type_hints(cls)
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+        return cls(name=value["name"], **{f: _build(hints[f], value["fields"][f]) for f in fields})
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.name != "raw"]
-        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in fields})
+        return cls(**{f.name: _build(hints[f.name], value[f.name])
+                      for f in dataclasses.fields(cls)})
     origin = typing.get_origin(cls)
     if origin is dict:
         _, val_t = typing.get_args(cls)
+        if val_t is ModelConfig:
+            return {k: _build(val_t, {"name": k, "fields": v}) for k, v in value.items()}
         return {k: _build(val_t, v) for k, v in value.items()}
     if origin is tuple:
         return tuple(value)
@@ -258,11 +256,22 @@ def _build(cls: type, value: Any) -> Any:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    resolved = validate(raw)
-    hints = typing.get_type_hints(Config)
-    keys = [f.name for f in dataclasses.fields(Config) if f.name != "raw"]
-    parts = {k: _build(hints[k], resolved[k]) for k in keys}
-    return Config(**parts, raw=resolved)
+    return _build(Config, validate(raw))
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) of a config or any part of it: what the schema
+    validated, defaults included. A model's name is its key, not one of its fields."""
+    if isinstance(obj, NetworkConfig):
+        return obj.as_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (isinstance(obj, ModelConfig) and f.name == "name")}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return copy.deepcopy(obj)
 
 
 def with_allocation(cfg: Config, gpus: int) -> Config:
@@ -276,8 +285,7 @@ def with_allocation(cfg: Config, gpus: int) -> Config:
         raise ConfigError(f"config: key 'train.gpus' = {cfg.train.gpus} (GPU training) but the "
                           f"job's allocation has resources.gpu = {gpus}; give the rule GPUs "
                           "(Slurm profile: CELLMAPSEG_SLURM_GPUS) or set train.gpus to 0")
-    raw = _deep_merge(cfg.raw, {"train": {"gpus": int(gpus)}})
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpus=int(gpus)), raw=raw)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpus=int(gpus)))
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -308,7 +316,7 @@ def load(*paths: str | Path, overrides: dict[str, Any] | None = None) -> Config:
 
 
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.raw, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def write_resolved(cfg: Config, path: str | Path) -> None:

@@ -1,9 +1,12 @@
 # Shared helpers for the rules. Light imports only: nothing heavy runs at parse time.
+# Every path under results/ comes from cellmapseg.layout (R), the one owner of the layout.
 import sys
 
-from cellmapseg.cli import bad_input_exits
+from cellmapseg import layout
 from cellmapseg.config import from_dict
+from cellmapseg.layout import RESULTS as R
 from cellmapseg.report.console import print_comparison
+from cellmapseg.runtime.process import bad_input_exits
 
 with bad_input_exits():
     CFG = from_dict(config)
@@ -13,13 +16,10 @@ wildcard_constraints:
     model="|".join(CFG.models) or "__no_models__",
 
 
-MODEL_REPORT = "results/{model}/report"
-
-
-def model_item(name, caption, label):
+def model_item(key, caption, label):
     """A per-model report item: category '2. Models', one subcategory per model."""
     return report(
-        f"{MODEL_REPORT}/{name}",
+        str(R.model_report("{model}")[key]),
         caption=f"../report/{caption}",
         category="2. Models",
         subcategory="{model}",

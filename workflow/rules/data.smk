@@ -9,7 +9,7 @@ if CFG.data.synthetic.enabled:
         params:
             data=config["data"],  # rerun when the data settings change
         log:
-            "results/logs/synthetic_data.log",
+            str(R.log("synthetic_data")),
         conda:
             "../envs/cellmapseg.yaml"
         script:
@@ -20,13 +20,13 @@ rule inventory:
     input:
         datalist=CFG.data.datalist,
     output:
-        csv="results/data/inventory.csv",
-        config="results/data/inventory.config.yaml",
+        csv=str(R.inventory),
+        config=str(layout.resolved_config(R.inventory)),
     params:
         data=config["data"],
     threads: 2
     log:
-        "results/logs/inventory.log",
+        str(R.log("inventory")),
     conda:
         "../envs/cellmapseg.yaml"
     script:

@@ -7,15 +7,15 @@ rule predict:
         summary=rules.train.output.summary,
         inventory=rules.inventory.output.csv,
     output:
-        zarr=directory("results/{model}/predictions/predictions.zarr"),
-        manifest="results/{model}/predictions/manifest.json",
+        zarr=directory(str(R.predictions("{model}"))),
+        manifest=str(R.manifest("{model}")),
     params:
         inference=config["inference"],
     threads: workflow.cores
     resources:
         gpu=min(CFG.train.gpus, 1),
     log:
-        "results/logs/predict_{model}.log",
+        str(R.log("predict", "{model}")),
     conda:
         "../envs/cellmapseg.yaml"
     script:
@@ -29,15 +29,15 @@ rule evaluate:
         inventory=rules.inventory.output.csv,
     output:
         csv=report(
-            "results/{model}/eval.csv",
+            str(R.eval_csv("{model}")),
             caption="../report/eval_csv.rst",
             category="2. Models",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "scores per crop (CSV)"},
         ),
-        summary="results/{model}/eval_summary.json",
+        summary=str(R.eval_summary("{model}")),
     log:
-        "results/logs/evaluate_{model}.log",
+        str(R.log("evaluate", "{model}")),
     conda:
         "../envs/cellmapseg.yaml"
     script:

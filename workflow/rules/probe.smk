@@ -7,8 +7,8 @@ rule memory_probe:
     input:
         inventory=rules.inventory.output.csv,
     output:
-        json="results/probe/memory.json",
-        config="results/probe/memory.config.yaml",
+        json=str(R.memory),
+        config=str(layout.resolved_config(R.memory)),
     params:
         caching=config["caching"],
         train=config["train"],
@@ -16,7 +16,7 @@ rule memory_probe:
     resources:
         gpu=CFG.train.gpus,
     log:
-        "results/logs/memory_probe.log",
+        str(R.log("memory_probe")),
     conda:
         "../envs/cellmapseg.yaml"
     script:
@@ -27,12 +27,12 @@ rule select_caching:
     input:
         memory=rules.memory_probe.output.json,
     output:
-        json="results/probe/caching_strategy.json",
-        config="results/probe/caching_strategy.config.yaml",
+        json=str(R.caching),
+        config=str(layout.resolved_config(R.caching)),
     params:
         caching=config["caching"],
     log:
-        "results/logs/select_caching.log",
+        str(R.log("select_caching")),
     conda:
         "../envs/cellmapseg.yaml"
     script:

@@ -9,11 +9,11 @@ rule model_report:
         zarr=rules.predict.output.zarr,
         inventory=rules.inventory.output.csv,
     output:
-        curves=model_item("training_curves.png", "training_curves.rst", "training curves"),
-        scores=model_item("scores.png", "scores.rst", "per-class scores"),
-        examples=model_item("examples.png", "examples.rst", "example slices"),
+        curves=model_item("curves", "training_curves.rst", "training curves"),
+        scores=model_item("scores", "scores.rst", "per-class scores"),
+        examples=model_item("examples", "examples.rst", "example slices"),
     log:
-        "results/logs/model_report_{model}.log",
+        str(R.log("model_report", "{model}")),
     conda:
         "../envs/cellmapseg.yaml"
     script:
@@ -26,19 +26,19 @@ rule probe_report:
         caching=rules.select_caching.output.json,
     output:
         memory=report(
-            "results/probe/report/memory.html",
+            str(R.probe_report["memory"]),
             caption="../report/memory.rst",
             category="3. Memory and caching",
             labels={"page": "memory probe"},
         ),
         caching=report(
-            "results/probe/report/caching.html",
+            str(R.probe_report["caching"]),
             caption="../report/caching.rst",
             category="3. Memory and caching",
             labels={"page": "caching decision"},
         ),
     log:
-        "results/logs/probe_report.log",
+        str(R.log("probe_report")),
     conda:
         "../envs/cellmapseg.yaml"
     script:
@@ -51,29 +51,29 @@ rule comparison:
         evaluation=expand(rules.evaluate.output.summary, model=list(CFG.models)),
     output:
         csv=report(
-            "results/comparison.csv",
+            str(R.comparison()["csv"]),
             caption="../report/comparison_csv.rst",
             category="1. Comparison",
             labels={"item": "table (CSV, every column)"},
         ),
-        md="results/comparison.md",
+        md=str(R.comparison()["md"]),
         html=report(
-            "results/comparison.html",
+            str(R.comparison()["html"]),
             caption="../report/comparison.rst",
             category="1. Comparison",
             labels={"item": "table"},
         ),
         png=report(
-            "results/comparison.png",
+            str(R.comparison()["png"]),
             caption="../report/comparison_figure.rst",
             category="1. Comparison",
             labels={"item": "per-class scores figure"},
         ),
-        rst="results/comparison.rst",
+        rst=str(R.comparison()["rst"]),
     params:
         models=list(config["models"]),
     log:
-        "results/logs/comparison.log",
+        str(R.log("comparison")),
     conda:
         "../envs/cellmapseg.yaml"
     script:

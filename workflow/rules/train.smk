@@ -9,8 +9,8 @@ rule train:
         inventory=rules.inventory.output.csv,
         caching=rules.select_caching.output.json,
     output:
-        summary="results/{model}/train/summary.json",
-        metrics="results/{model}/train/metrics.csv",
+        summary=str(R.train("{model}").summary),
+        metrics=str(R.train("{model}").metrics),
     params:
         model=lambda w: config["models"][w.model],  # rerun when this model's config changes
         train=config["train"],
@@ -18,7 +18,7 @@ rule train:
     resources:
         gpu=CFG.train.gpus,
     log:
-        "results/logs/train_{model}.log",
+        str(R.log("train", "{model}")),
     conda:
         "../envs/cellmapseg.yaml"
     script:

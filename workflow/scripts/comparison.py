@@ -1,11 +1,8 @@
 # Thin wrapper: the comparison across models (results/comparison.*).
-from pathlib import Path
-
-from cellmapseg.cli import bad_input_exits, from_snakemake, stage_compare
+from cellmapseg import stages
+from cellmapseg.runtime.process import bad_input_exits
+from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stage_compare(
-        from_snakemake(snakemake),  # noqa: F821
-        Path("results"),
-        Path(snakemake.output.csv).parent,  # noqa: F821
-    )
+    stages.compare(from_snakemake(snakemake), snakemake.input.train, snakemake.input.evaluation,
+                   dict(snakemake.output.items()))

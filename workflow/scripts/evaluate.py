@@ -1,13 +1,8 @@
 # Thin wrapper: score the predictions (results/{model}/eval.csv, eval_summary.json).
-from pathlib import Path
-
-from cellmapseg.cli import bad_input_exits, from_snakemake, stage_evaluate
+from cellmapseg import stages
+from cellmapseg.runtime.process import bad_input_exits
+from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stage_evaluate(
-        from_snakemake(snakemake),  # noqa: F821
-        Path(snakemake.input.zarr),  # noqa: F821
-        Path(snakemake.input.inventory),  # noqa: F821
-        Path(snakemake.output.csv),  # noqa: F821
-        Path(snakemake.output.summary),  # noqa: F821
-    )
+    stages.evaluate(from_snakemake(snakemake), snakemake.input.zarr, snakemake.input.inventory,
+                    snakemake.output.csv, snakemake.output.summary)

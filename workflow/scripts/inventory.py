@@ -1,11 +1,7 @@
 # Thin wrapper: validate the datalist and write results/data/inventory.csv.
-from pathlib import Path
-
-from cellmapseg.cli import bad_input_exits, from_snakemake, stage_inventory
+from cellmapseg import stages
+from cellmapseg.runtime.process import bad_input_exits
+from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stage_inventory(
-        from_snakemake(snakemake),  # noqa: F821
-        Path(snakemake.output.csv),  # noqa: F821
-        workers=snakemake.threads,  # noqa: F821
-    )
+    stages.inventory(from_snakemake(snakemake), snakemake.output.csv, workers=snakemake.threads)

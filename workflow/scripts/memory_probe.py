@@ -1,11 +1,8 @@
 # Thin wrapper: measure the caching strategies (results/probe/memory.json).
-from pathlib import Path
-
-from cellmapseg.cli import bad_input_exits, from_snakemake, stage_probe
+from cellmapseg import stages
+from cellmapseg.runtime.process import bad_input_exits
+from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stage_probe(
-        from_snakemake(snakemake, allocation=True),  # noqa: F821
-        Path(snakemake.input.inventory),  # noqa: F821
-        Path(snakemake.output.json),  # noqa: F821
-    )
+    stages.probe(from_snakemake(snakemake, allocation=True), snakemake.input.inventory,
+                 snakemake.output.json)

@@ -1,11 +1,8 @@
 # Thin wrapper: choose the caching strategy (results/probe/caching_strategy.json).
-from pathlib import Path
-
-from cellmapseg.cli import bad_input_exits, from_snakemake, stage_select_caching
+from cellmapseg import stages
+from cellmapseg.runtime.process import bad_input_exits
+from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stage_select_caching(
-        from_snakemake(snakemake),  # noqa: F821
-        Path(snakemake.input.memory),  # noqa: F821
-        Path(snakemake.output.json),  # noqa: F821
-    )
+    stages.select_caching(from_snakemake(snakemake), snakemake.input.memory,
+                          snakemake.output.json)

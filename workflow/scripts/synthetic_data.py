@@ -1,7 +1,9 @@
 # Thin wrapper: generate the embedded CellMap-like dataset.
 from pathlib import Path
 
-from cellmapseg.cli import bad_input_exits, from_snakemake, stage_synthetic
+from cellmapseg import stages
+from cellmapseg.runtime.process import bad_input_exits
+from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stage_synthetic(from_snakemake(snakemake), Path(snakemake.output.datalist).parent)  # noqa: F821
+    stages.synthetic(from_snakemake(snakemake), Path(snakemake.output.datalist).parent)

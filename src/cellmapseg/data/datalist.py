@@ -1,7 +1,7 @@
 """MONAI-style datalist.json (spec §3.6) -> validated, resolved `CropEntry`s.
 
 Only the structure is checked here (keys, types, names, paths); the files themselves are checked
-by `cellmapseg.data.validate`. Every structural problem is collected so that one run reports
+by `cellmapseg.data.checks`. Every structural problem is collected so that one run reports
 them all, one line each, naming the datalist, the split/index or crop, and the field.
 """
 

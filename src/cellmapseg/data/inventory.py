@@ -1,13 +1,15 @@
 """Per-crop inventory: shape, dtype, compact-cache cost, intensity statistics, class voxel counts.
 
-Built in the same read as the data validation (`validate.scan_crops`), so each crop's voxels are
+The one owner of results/data/inventory.csv: it writes it, reads it, lists its columns and
+chooses crops from it ("the validation crops, or the named ones") for every later stage.
+Built in the same read as the data checks (`checks.scan_crops`), so each crop's voxels are
 read once. The CSV is written only when every crop is valid, and atomically.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,10 @@ import pandas as pd
 from cellmapseg.atomic import atomic_path
 from cellmapseg.classes import CLASS_NAMES, MAX_LABEL
 from cellmapseg.config import Config
+from cellmapseg.data.checks import CropHeaders, flat_chunks, scan_crops
 from cellmapseg.data.compact import compact_bytes, compact_image_dtype
 from cellmapseg.data.datalist import CropEntry, read_datalist
-from cellmapseg.data.validate import CropHeaders, flat_chunks, scan_crops
+from cellmapseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,10 @@ COLUMNS: tuple[str, ...] = (
     "image_mean", "image_std", "annotated_classes", "n_annotated",
     *(f"vox_{name}" for name in CLASS_NAMES),
 )
+# What names a crop, its files, its shape and its annotations: the columns the stages after
+# training (prediction, evaluation, the report) need, checked when they read the inventory.
+CROP_COLUMNS: tuple[str, ...] = ("crop", "crop_id", "split", "image", "label", "d", "h", "w",
+                                 "annotated_classes")
 
 
 def image_stats(image: np.ndarray) -> dict[str, Any]:
@@ -117,3 +124,38 @@ def write_inventory(cfg: Config, out_csv: str | Path, workers: int = 1) -> pd.Da
         table.to_csv(tmp, index=False)
     log.info("inventory: %d crops -> %s", len(table), out_csv)
     return table
+
+
+def read_inventory(path: str | Path, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """The inventory CSV; `columns` that a reader needs must be present (one line names the
+    first missing one)."""
+    if not Path(path).is_file():
+        raise InputError(f"inventory: {path} not found (run the inventory rule)")
+    # keep_default_na: an empty annotated_classes must stay "" (not NaN)
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"annotated_classes": str})
+    require_columns(frame, columns, str(path))
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{where}: column {missing[0]!r} missing")
+
+
+def select(inventory: pd.DataFrame, crops: Sequence[str] | None, stage: str) -> pd.DataFrame:
+    """The validation crops when `crops` is None or empty, else the named ones (crop name or
+    crop id), in inventory order. Raises InputError naming `stage` when a named crop is not in
+    the inventory or nothing is selected."""
+    names = inventory["crop"].astype(str)
+    ids = inventory["crop_id"].astype(str)
+    if not crops:
+        chosen = inventory[inventory["split"] == "validation"]
+        if chosen.empty:
+            raise InputError(f"{stage}: no crops in the validation split of the inventory")
+        return chosen
+    known = set(names) | set(ids)
+    missing = [c for c in crops if c not in known]
+    if missing:
+        raise InputError(f"{stage}: crops not in the inventory: {', '.join(missing)}")
+    return inventory[names.isin(crops) | ids.isin(crops)]

@@ -156,7 +156,7 @@ def _build(path: Path, rows: list[Mapping[str, Any]], fp: str) -> None:
     })
 
 
-def _append_crop(fh, row: Mapping[str, Any]) -> dict[str, Any]:  # noqa: ANN001 - binary file
+def _append_crop(fh, row: Mapping[str, Any]) -> dict[str, Any]:  # binary file
     volume = load_volume(row)
     entry = {
         "name": volume.name, "shape": list(volume.shape), "image_dtype": volume.image.dtype.str,

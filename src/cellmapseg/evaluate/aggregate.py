@@ -21,7 +21,7 @@ import pandas as pd
 
 from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.evaluate.instance import instance_metrics
-from cellmapseg.evaluate.semantic import dice, iou
+from cellmapseg.evaluate.metrics import dice, iou
 
 # What was read of janelia-cellmap/cellmap-segmentation-challenge,
 # src/cellmap_segmentation_challenge/utils/eval_utils/ (the target commit 6b9ad68 itself was

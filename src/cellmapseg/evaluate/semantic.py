@@ -1,40 +1,18 @@
-"""Semantic scores: voxel tp/fp/fn counted block by block, so memory stays bounded.
-
-Rule (reference scoring.py `score_semantic`): prediction and truth are binarised with `> 0`,
-tp = |P & T|, fp = |P| - tp, fn = |T| - tp. The challenge pools these counts per class over
-crops (aggregation.py); per-crop IoU and Dice here are for inspection only.
+"""Semantic scores: voxel tp/fp/fn (evaluate.metrics) counted block by block, so memory stays
+bounded. Prediction and truth are binarised with `> 0` (reference scoring.py `score_semantic`).
+The challenge pools these counts per class over crops (aggregation.py); per-crop IoU and Dice
+are for inspection only.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Counts:
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
-
-
-def iou(tp: int, fp: int, fn: int) -> float:
-    """TP / (TP + FP + FN); 1.0 when the denominator is 0 (aggregation.py: nothing anywhere)."""
-    denom = tp + fp + fn
-    return 1.0 if denom == 0 else tp / denom
-
-
-def dice(tp: int, fp: int, fn: int) -> float:
-    """2TP / (2TP + FP + FN); 1.0 when the denominator is 0 (same convention as `iou`)."""
-    denom = 2 * tp + fp + fn
-    return 1.0 if denom == 0 else 2 * tp / denom
+from cellmapseg.evaluate.metrics import Counts, count_block
 
 
 def block_shape(shape: Sequence[int], block: int, chunks: Sequence[int] | None) -> tuple[int, ...]:
@@ -52,12 +30,6 @@ def iter_blocks(shape: Sequence[int], edges: Sequence[int]) -> Iterator[tuple[sl
     starts = (range(0, n, e) for n, e in zip(shape, edges, strict=True))
     for corner in itertools.product(*starts):
         yield tuple(slice(s, min(s + e, n)) for s, e, n in zip(corner, edges, shape, strict=True))
-
-
-def count_block(pred: np.ndarray, truth: np.ndarray) -> Counts:
-    """tp/fp/fn of two boolean arrays of the same shape."""
-    tp = int(np.count_nonzero(pred & truth))
-    return Counts(tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp)
 
 
 def semantic_counts(pred: Any, truth_label: Any, value: int, block: int = 128) -> Counts:

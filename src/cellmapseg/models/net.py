@@ -13,7 +13,7 @@ from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import ModelConfig
 from cellmapseg.models.loss import PartialAnnotationLoss
 from cellmapseg.models.mixup import mixup
-from cellmapseg.models.networks import build_network, check_roi, level_weights
+from cellmapseg.models.registry import build_network, check_model, level_weights
 
 
 def resize_nearest(t: torch.Tensor | None, size: torch.Size) -> torch.Tensor | None:
@@ -24,13 +24,13 @@ def resize_nearest(t: torch.Tensor | None, size: torch.Size) -> torch.Tensor | N
 
 
 class Net(nn.Module):
-    def __init__(self, name: str, cfg: ModelConfig, in_channels: int = 1,
+    def __init__(self, cfg: ModelConfig, in_channels: int = 1,
                  out_channels: int = NUM_CLASSES) -> None:
         super().__init__()
-        check_roi(name, cfg)
-        self.name = name
-        self.network = build_network(cfg, in_channels, out_channels, name=name)
-        weights = level_weights(name, cfg)
+        check_model(cfg)
+        self.name = cfg.name
+        self.network = build_network(cfg, in_channels, out_channels)
+        weights = level_weights(cfg)
         self.level_weights = [w / sum(weights) for w in weights]
         self.loss = PartialAnnotationLoss(cfg.class_weights, cfg.dice_weight, cfg.ce_weight)
         self.mixup_p = cfg.mixup_p

@@ -18,7 +18,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 
 from cellmapseg.config import InferenceConfig
-from cellmapseg.inference import sliding_window_logits
+from cellmapseg.predict.window import sliding_window_logits
 
 Span = tuple[int, int]
 

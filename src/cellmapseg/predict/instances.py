@@ -43,7 +43,7 @@ def _edges(provisional: np.ndarray) -> np.ndarray:
     return np.stack([pairs[:-1, 1][same], pairs[1:, 1][same]], axis=1)
 
 
-def _first_voxels(array, block: Sequence[int], count: int) -> np.ndarray:  # noqa: ANN001
+def _first_voxels(array, block: Sequence[int], count: int) -> np.ndarray:
     """Per provisional id, the C-order index of its first voxel in the whole crop."""
     first = np.full(count + 1, np.iinfo(np.int64).max, np.int64)
     for core in blocks(array.shape, block):
@@ -54,7 +54,7 @@ def _first_voxels(array, block: Sequence[int], count: int) -> np.ndarray:  # noq
     return first
 
 
-def merge(array, block: Sequence[int], count: int) -> int:  # noqa: ANN001 - zarr/numpy array
+def merge(array, block: Sequence[int], count: int) -> int:  # zarr/numpy array
     """Turn the provisional ids in `array` (written block by block by `label_block`) into final
     ids 1..N in place, numbered like scipy.ndimage.label on the whole crop (by each object's
     first voxel in C order), so the result does not depend on the block size; return N."""

@@ -8,6 +8,7 @@ at the planned world size. It also measures what the spec's CacheDataset holds f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,21 +24,14 @@ from cellmapseg.atomic import write_json
 from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import Config
 from cellmapseg.data.caching import is_small
+from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.store import ensure_store, store_bytes
-from cellmapseg.errors import InputError
-from cellmapseg.launch import torchrun_command
 from cellmapseg.probe import host, smaps
+from cellmapseg.runtime.torchrun import torchrun_command
 
 log = logging.getLogger(__name__)
 MEASURED = ("A", "B", "C", "D")
 VERSION = 1
-
-
-def read_inventory(path: str | Path) -> pd.DataFrame:
-    # keep_default_na: an empty annotated_classes must stay "" (not NaN)
-    if not Path(path).is_file():
-        raise InputError(f"inventory: {path} not found (run the inventory rule)")
-    return pd.read_csv(path, keep_default_na=False, dtype={"annotated_classes": str})
 
 
 def data_totals(inv: pd.DataFrame, cfg: Config) -> dict[str, Any]:
@@ -69,7 +63,7 @@ def probe_rows(inv: pd.DataFrame, k: int) -> pd.DataFrame:
     return order.head(k)
 
 
-def summarise(records: list[dict], voxels: int) -> dict[str, Any]:
+def summarise_ranks(records: list[dict], voxels: int) -> dict[str, Any]:
     """Per-rank deltas (after - before opening the data) and the node totals."""
     ranks = []
     for r in records:
@@ -101,7 +95,7 @@ def summarise(records: list[dict], voxels: int) -> dict[str, Any]:
 def _probe_caching(cfg: Config, root: Path) -> dict[str, Any]:
     """The caching settings the probe ranks use: stores go to private probe folders."""
     c = cfg.caching
-    return {**cfg.raw["caching"], "store_dir": str(Path(c.store_dir) / root.name),
+    return {**dataclasses.asdict(c), "store_dir": str(Path(c.store_dir) / root.name),
             "disk_dir": str(Path(c.disk_dir) / root.name)}
 
 
@@ -117,12 +111,12 @@ def measure(strategy: str, rows: pd.DataFrame, caching: dict[str, Any], nproc: i
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe ranks failed for strategy {strategy} "
                            f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return summarise(json.loads(out.read_text()), int(rows["voxels"].sum()))
+    return summarise_ranks(json.loads(out.read_text()), int(rows["voxels"].sum()))
 
 
 def spec_cache_one_crop(row: dict[str, Any]) -> dict[str, Any]:
     """What the spec's CacheDataset holds for one crop, measured in this process."""
-    from cellmapseg.baselines import cached_nbytes, spec_cache, spec_static_transforms
+    from cellmapseg.probe.spec_baseline import cached_nbytes, spec_cache, spec_static_transforms
 
     spec_static_transforms()  # import MONAI first: its libraries are not the cache
     before = smaps.read()

@@ -22,16 +22,16 @@ import pandas as pd
 import torch.distributed as dist
 
 from cellmapseg.atomic import write_json
-from cellmapseg.baselines import cached_nbytes, spec_cache
 from cellmapseg.config import CachingConfig
 from cellmapseg.data.caching import open_source
 from cellmapseg.data.loading import load_volume
 from cellmapseg.data.sampling import PatchDataset
 from cellmapseg.data.volumes import ListSource
 from cellmapseg.probe import smaps
+from cellmapseg.probe.spec_baseline import cached_nbytes, spec_cache
 
 
-def touch(source) -> int:  # noqa: ANN001 - a VolumeSource
+def touch(source) -> int:  # a VolumeSource
     """Read every voxel once (pages become resident) and return a checksum."""
     total = 0
     for i in range(len(source)):
@@ -46,7 +46,7 @@ def warm_up(spec: dict) -> None:
     hand freed heap back to the OS, so the measured delta is the data and not the libraries."""
     row = spec["rows"][0]
     if spec["strategy"] == "spec":
-        from cellmapseg.baselines import spec_static_transforms
+        from cellmapseg.probe.spec_baseline import spec_static_transforms
 
         spec_static_transforms()
     volume = load_volume(row)

@@ -13,20 +13,22 @@ import html
 import json
 import math
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from cellmapseg.atomic import atomic_path, write_text  # noqa: E402
-from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES  # noqa: E402
-from cellmapseg.errors import InputError  # noqa: E402
+from cellmapseg.atomic import atomic_path, write_text
+from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.errors import InputError
+from cellmapseg.layout import Results
 
 SEMANTIC = tuple(c for c in CLASS_NAMES if c not in INSTANCE_CLASSES)
 INSTANCE_METRICS = ("f1", "norm_hausdorff", "combined")
@@ -82,10 +84,22 @@ def _train_columns(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def model_row(results: Path, model: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelFiles:
+    """What the comparison reads of one model."""
+
+    train_summary: Path
+    eval_summary: Path
+
+
+def model_files(results: Results, models: Iterable[str]) -> dict[str, ModelFiles]:
+    """The files of `models` in a results folder laid out as the workflow lays it out."""
+    return {m: ModelFiles(results.train(m).summary, results.eval_summary(m)) for m in models}
+
+
+def model_row(model: str, files: ModelFiles) -> dict[str, Any]:
     """One model's row; `status` says `ok` or which file is missing."""
-    eval_path = results / model / "eval_summary.json"
-    train_path = results / model / "train" / "summary.json"
+    eval_path, train_path = Path(files.eval_summary), Path(files.train_summary)
     row: dict[str, Any] = {"model": model}
     train, evaluation = _read_json(train_path), _read_json(eval_path)
     if train is not None:
@@ -97,7 +111,7 @@ def model_row(results: Path, model: str) -> dict[str, Any]:
     return row
 
 
-def build(results: Path, models: Iterable[str]) -> pd.DataFrame:
+def build(models: Mapping[str, ModelFiles]) -> pd.DataFrame:
     """The comparison frame, one row per model in the given order (missing ones included)."""
     columns = ["model", "status", *HEADLINE, *INSTANCE_COLUMNS,
                *(f"{c}_{k}" for c in INSTANCE_CLASSES for k in ("crops", "skipped_crops")),
@@ -105,7 +119,7 @@ def build(results: Path, models: Iterable[str]) -> pd.DataFrame:
                "best_epoch", "best_val_dice", "train_wall_s", "patches_per_s",
                "peak_host_rss_gib", "peak_gpu_gib", "caching_strategy", "world_size", "device",
                "eval_crops"]
-    rows = [model_row(Path(results), m) for m in models]
+    rows = [model_row(m, files) for m, files in models.items()]
     if not rows:
         raise InputError("comparison: no models given (config key 'models' is empty)")
     return pd.DataFrame(rows).reindex(columns=columns)
@@ -134,13 +148,13 @@ def best_marks(frame: pd.DataFrame) -> dict[str, set[str]]:
     return marks
 
 
-def _is_number(v: Any) -> bool:  # noqa: ANN401 - cells are any scalar
+def _is_number(v: Any) -> bool:  # cells are any scalar
     return isinstance(v, (int, float, np.integer, np.floating)) and not pd.isna(v)
 
 
 # --- formatting ---------------------------------------------------------------------------------
 
-def _fmt(col: str, v: Any) -> str:  # noqa: ANN401, PLR0911 - one branch per unit
+def _fmt(col: str, v: Any) -> str:  # one branch per unit
     if not _is_number(v) and not isinstance(v, str):
         return "n/a"
     if isinstance(v, str):
@@ -329,16 +343,15 @@ def overview_rst(frame: pd.DataFrame, marks: dict[str, set[str]], figure: Path) 
 
 # --- the stage ----------------------------------------------------------------------------------
 
-def write_comparison(results: Path, models: Iterable[str], out_dir: Path) -> pd.DataFrame:
-    """Write comparison.csv, .md, .html, .png and .rst (the report's front page) into `out_dir`;
+def write_comparison(models: Mapping[str, ModelFiles], out: Mapping[str, Path]) -> pd.DataFrame:
+    """Write out["csv"], ["md"], ["html"], ["png"] and ["rst"] (the report's front page);
     return the frame."""
-    frame = build(results, models)
+    frame = build(models)
     marks = best_marks(frame)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "comparison.csv") as tmp:
+    with atomic_path(out["csv"]) as tmp:
         frame.to_csv(tmp, index=False)
-    write_text(out_dir / "comparison.md", to_markdown(frame, marks))
-    write_text(out_dir / "comparison.html", to_html(frame, marks))
-    plot(frame, out_dir / "comparison.png")
-    write_text(out_dir / "comparison.rst", overview_rst(frame, marks, out_dir / "comparison.png"))
+    write_text(out["md"], to_markdown(frame, marks))
+    write_text(out["html"], to_html(frame, marks))
+    plot(frame, out["png"])
+    write_text(out["rst"], overview_rst(frame, marks, out["png"]))
     return frame

@@ -22,13 +22,14 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from cellmapseg import layout
 from cellmapseg.atomic import atomic_path
 from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
-from cellmapseg.data import nifti
+from cellmapseg.data import nifti, predictions
 from cellmapseg.data.compact import to_compact_label
+from cellmapseg.data.inventory import CROP_COLUMNS, require_columns
 from cellmapseg.data.loading import mask_from_string
 from cellmapseg.errors import InputError
-from cellmapseg.evaluate.run import open_store
 
 DPI = 110
 
@@ -56,8 +57,6 @@ NOT_SCORED = "(not annotated: not scored)"
 NO_VALIDATION = "no validation yet"
 
 TRAIN_COLUMNS = ("epoch", "step", "train_loss", "lr")
-INVENTORY_COLUMNS = ("crop", "crop_id", "split", "image", "label", "d", "h", "w",
-                     "annotated_classes")
 METRIC_COLOURS = {"IoU": "#1f77b4", "Dice": "#9ecae1", "F1": "#2ca02c",
                   "norm. Hausdorff": "#9467bd", "combined": "#ff7f0e"}
 
@@ -65,12 +64,6 @@ METRIC_COLOURS = {"IoU": "#1f77b4", "Dice": "#9ecae1", "F1": "#2ca02c",
 def _save(fig: Figure, out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)  # the temp name has no .png: say the format
-
-
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError(f"{where}: column {missing[0]!r} missing")
 
 
 # ---------------------------------------------------------------- training curves
@@ -82,8 +75,8 @@ def plot_training(metrics: pd.DataFrame, model: str, out: Path) -> None:
 
 
 def training_figure(metrics: pd.DataFrame, model: str) -> Figure:
-    where = f"results/{model}/train/metrics.csv"
-    _require_columns(metrics, TRAIN_COLUMNS, where)
+    where = str(layout.RESULTS.train(model).metrics)
+    require_columns(metrics, TRAIN_COLUMNS, where)
     if metrics.empty:
         raise InputError(f"{where}: no epochs recorded")
     m = metrics.sort_values("step").reset_index(drop=True)
@@ -206,7 +199,7 @@ def guard_note(entry: Mapping[str, Any]) -> str:
 
 
 def scores_figure(summary: Mapping[str, Any], model: str) -> Figure:
-    where = f"results/{model}/eval_summary.json"
+    where = str(layout.RESULTS.eval_summary(model))
     classes = summary.get("classes")
     if not isinstance(classes, Mapping):
         raise InputError(f"{where}: key 'classes' missing")
@@ -289,48 +282,30 @@ def _totals_text(summary: Mapping[str, Any], all_skipped: Sequence[str]) -> str:
 # ---------------------------------------------------------------- example slices
 
 
-def plot_examples(predictions: Path, inventory: pd.DataFrame, model: str, out: Path,
+def plot_examples(store_path: Path, inventory: pd.DataFrame, model: str, out: Path,
                   n_crops: int = 3) -> list[str]:
     """Image / truth / prediction on one slice of the first n_crops validation crops."""
-    fig, shown = examples_figure(predictions, inventory, model, n_crops)
+    fig, shown = examples_figure(store_path, inventory, model, n_crops)
     _save(fig, out)
     return shown
 
 
-def examples_figure(predictions: Path, inventory: pd.DataFrame, model: str,
+def examples_figure(store_path: Path, inventory: pd.DataFrame, model: str,
                     n_crops: int = 3) -> tuple[Figure, list[str]]:
-    _require_columns(inventory, INVENTORY_COLUMNS, "inventory")
+    require_columns(inventory, CROP_COLUMNS, "inventory")
     rows = inventory[inventory["split"] == "validation"].head(max(n_crops, 0))
     if rows.empty:
         fig = Figure(figsize=(8, 2))
         fig.text(0.5, 0.5, f"{model}: no validation crops in the inventory", ha="center")
         return fig, []
-    store = open_store(Path(predictions))
+    store = predictions.open_store(Path(store_path))
     fig = Figure(figsize=(22, 5.6 * len(rows)), layout="compressed")
     fig.suptitle(f"{model}: example slices of validation crops (ground truth vs prediction)",
                  fontsize=14, fontweight="bold")
     subfigs = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
     for sub, (_, row) in zip(subfigs, rows.iterrows(), strict=True):
-        _crop_row(sub, store, Path(predictions), row)
+        _crop_row(sub, store, Path(store_path), row)
     return fig, [str(c) for c in rows["crop"]]
-
-
-def _prediction_arrays(store: zarr.Group, path: Path, row: pd.Series,
-                       shape: tuple[int, int, int]) -> dict[str, zarr.Array]:
-    """Every class array of a crop, checked before any voxel is read."""
-    crop_id, where = str(row["crop_id"]), f"{path}/{row['crop_id']}"
-    if crop_id not in store or not isinstance(store[crop_id], zarr.Group):
-        raise InputError(f"{where}: crop group missing (crop {row['crop']})")
-    group = store[crop_id]
-    arrays = {}
-    for name in CLASS_NAMES:
-        if name not in group or not isinstance(group[name], zarr.Array):
-            raise InputError(f"{where}/{name}: class array missing (crop {row['crop']})")
-        if tuple(group[name].shape) != shape:
-            raise InputError(f"{where}/{name}: shape {tuple(group[name].shape)} != crop shape "
-                             f"{shape} (crop {row['crop']})")
-        arrays[name] = group[name]
-    return arrays
 
 
 def _image_slice(path: Path, index: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -357,7 +332,8 @@ def _best_slice(label: np.ndarray) -> int:
 
 def _crop_row(sub: SubFigure, store: zarr.Group, path: Path, row: pd.Series) -> None:
     shape = (int(row["d"]), int(row["h"]), int(row["w"]))
-    arrays = _prediction_arrays(store, path, row, shape)
+    arrays = predictions.crop_arrays(store, path, str(row["crop_id"]), str(row["crop"]),
+                                     shape, CLASS_NAMES)
     # The whole label (uint8, 1 byte/voxel) is read because choosing the slice needs every
     # slice's foreground count; a real crop of 10^9 voxels would need a streamed count instead.
     label = to_compact_label(nifti.load_array(row["label"]))

@@ -11,7 +11,7 @@ from cellmapseg.report.comparison import STYLE
 GIB = 2**30
 
 
-def _gib(v: Any) -> str:  # noqa: ANN401 - JSON scalar
+def _gib(v: Any) -> str:  # JSON scalar
     if v is None:
         return "n/a"
     return f"{v / GIB:.2f} GiB" if v >= GIB else f"{v / 2**20:.1f} MiB"

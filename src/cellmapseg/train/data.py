@@ -26,7 +26,7 @@ class TrainData:
     strategy: str
 
 
-def caching_from_selection(cfg: Config, selection: dict[str, Any]) -> Any:  # noqa: ANN401
+def caching_from_selection(cfg: Config, selection: dict[str, Any]) -> Any:
     """The caching settings the selection stage decided on (it alone decides the strategy)."""
     return dataclasses.replace(
         cfg.caching, strategy=selection["strategy"], store_dir=selection["store_dir"],
@@ -39,25 +39,24 @@ def steps_per_epoch(n_items: int, world: int, batch_size: int, accumulation: int
     return (per_rank // batch_size) // accumulation
 
 
-def check_batch(name: str, m: ModelConfig, n_train: int, world: int) -> None:
+def check_batch(m: ModelConfig, n_train: int, world: int) -> None:
     """Stop before any GPU work if an epoch would have no optimizer step."""
     items = n_train * m.train_sub_epochs
     if steps_per_epoch(items, world, m.batch_size, m.grad_accumulation) == 0:
         raise ConfigError(
-            f"config: key 'models.{name}.batch_size' = {m.batch_size} is larger than the data "
+            f"config: key '{m.key('batch_size')}' = {m.batch_size} is larger than the data "
             f"allows: {n_train} training crops x {m.train_sub_epochs} sub-epochs over {world} "
             f"rank(s) x grad_accumulation {m.grad_accumulation} gives no full step per epoch"
         )
 
 
-def make_data(cfg: Config, name: str, inventory: pd.DataFrame, selection: dict[str, Any],
+def make_data(cfg: Config, m: ModelConfig, inventory: pd.DataFrame, selection: dict[str, Any],
               d: Dist) -> TrainData:
-    m = cfg.models[name]
     train_rows = inventory[inventory["split"] == "training"]
     val_rows = inventory[inventory["split"] == "validation"]
     if train_rows.empty or val_rows.empty:
         raise InputError("inventory: training needs at least one training and one validation crop")
-    check_batch(name, m, len(train_rows), d.world)
+    check_batch(m, len(train_rows), d.world)
     caching = caching_from_selection(cfg, selection)
     train_src = open_source(caching.strategy, train_rows, caching, store_rows=inventory)
     val_src = open_source(caching.strategy, val_rows, caching, store_rows=inventory)

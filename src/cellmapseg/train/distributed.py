@@ -43,7 +43,7 @@ def setup(gpus: int, timeout_s: float = 1800.0) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, device=device)
 
 
-def all_gather(obj: Any) -> list[Any]:  # noqa: ANN401 - any picklable value
+def all_gather(obj: Any) -> list[Any]:  # any picklable value
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out

@@ -26,26 +26,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cellmapseg.atomic import atomic_path, write_json
 from cellmapseg.classes import CLASS_NAMES
-from cellmapseg.config import Config, to_yaml
+from cellmapseg.config import Config, to_dict, to_yaml
 from cellmapseg.data.batch import prepare_batch
+from cellmapseg.layout import TrainFiles
+from cellmapseg.models import checkpoint
 from cellmapseg.models.net import Net
-from cellmapseg.models.networks import count_parameters
-from cellmapseg.train import checkpoint
+from cellmapseg.models.registry import count_parameters
 from cellmapseg.train.data import TrainData, make_data, steps_per_epoch
 from cellmapseg.train.distributed import Dist, all_gather, mean
 from cellmapseg.train.schedule import make_scheduler
-from cellmapseg.train.validate import validate
+from cellmapseg.train.validation import validate
 
 log = logging.getLogger(__name__)
-
-
-class Paths:
-    def __init__(self, out: str | Path) -> None:
-        self.out = Path(out)
-        self.last = self.out / "checkpoints" / "last.pt"
-        self.best = self.out / "checkpoints" / "best.pt"
-        self.metrics = self.out / "metrics.csv"
-        self.summary = self.out / "summary.json"
 
 
 FAULT_ENV = "CELLMAPSEG_FAULT"
@@ -85,11 +77,11 @@ def metric_columns() -> list[str]:
 class Trainer:
     def __init__(self, cfg: Config, name: str, inventory: pd.DataFrame,
                  selection: dict[str, Any], d: Dist, out: str | Path) -> None:
-        self.cfg, self.name, self.m, self.d = cfg, name, cfg.models[name], d
-        self.paths = Paths(out)
-        self.data: TrainData = make_data(cfg, name, inventory, selection, d)
+        self.cfg, self.name, self.m, self.d = cfg, name, cfg.model(name), d
+        self.paths = TrainFiles(Path(out))
+        self.data: TrainData = make_data(cfg, self.m, inventory, selection, d)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.net = Net(name, self.m).to(d.device)
+        self.net = Net(self.m).to(d.device)
         self.parameters = count_parameters(self.net)
         self.model = DDP(self.net, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                          find_unused_parameters=False)
@@ -110,11 +102,11 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------------
 
     def _network_dict(self) -> dict[str, Any]:
-        return self.cfg.raw["models"][self.name]["network"]
+        return self.m.network.as_dict()
 
     def _run_config(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed: this model's section and the seed."""
-        return {"seed": self.cfg.seed, "model": self.cfg.raw["models"][self.name]}
+        return {"seed": self.cfg.seed, "model": to_dict(self.m)}
 
     def _state(self) -> dict[str, Any]:
         cuda = self.d.device.type == "cuda"
@@ -247,8 +239,8 @@ class Trainer:
             "peak_host_rss_bytes": int(rows["peak_host_rss_bytes"].max()),
             "peak_gpu_bytes": int(rows["peak_gpu_bytes"].max()),
             "caching_strategy": self.data.strategy, "world_size": self.d.world,
-            "device": self.d.device.type, "checkpoint_best": "checkpoints/best.pt",
-            "checkpoint_last": "checkpoints/last.pt",
+            "device": self.d.device.type, "checkpoint_best": TrainFiles.BEST,
+            "checkpoint_last": TrainFiles.LAST,
         }
         if self.d.is_main:
             self._write_metrics()  # also when resuming a finished run: Snakemake removed it
@@ -262,7 +254,7 @@ class _NoProgress:
     def close(self) -> None: ...
 
 
-def _progress(total: int, desc: str, main: bool) -> Any:  # noqa: ANN401 - tqdm or a stub
+def _progress(total: int, desc: str, main: bool) -> Any:  # tqdm or a stub
     """A tqdm bar on rank 0 when attached to a terminal; nothing in batch jobs and logs."""
     if main and sys.stderr.isatty():
         from tqdm import tqdm

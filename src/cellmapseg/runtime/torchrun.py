@@ -5,9 +5,12 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from cellmapseg.errors import InputError
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -53,3 +56,26 @@ def _orphaned() -> bool:
     except OSError:
         return False
     return b"torch.distributed.run" not in init and b"torchrun" not in init
+
+
+def threads_per_rank(threads: int | None, world: int) -> int:
+    """CPU threads for each rank: the job's threads, but never more than the CPUs this process
+    may run on (a scheduler can grant more threads than the machine has: oversubscribed
+    OpenMP threads slow training down several times)."""
+    usable = len(os.sched_getaffinity(0))
+    return max(1, min(threads or usable, usable) // world)
+
+
+def run_logged(cmd: Sequence[str], env: Mapping[str, str], log_file: Path, what: str) -> None:
+    """Run `cmd` (a torchrun command) with its output appended to `log_file`. A failure whose
+    ranks printed `error: ...` lines (bad input) raises them as one InputError; any other
+    failure raises RuntimeError naming the log."""
+    with open(log_file, "a") as fh:  # appended: a resumed run continues the same log
+        proc = subprocess.run(list(cmd), env=dict(env), stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode == 0:
+        return
+    text = log_file.read_text(errors="replace").splitlines()
+    errors = list(dict.fromkeys(ln[len("error: "):] for ln in text if ln.startswith("error: ")))
+    if errors:
+        raise InputError("\n".join(errors))
+    raise RuntimeError(f"{what} failed (torchrun exit {proc.returncode}); see {log_file}")

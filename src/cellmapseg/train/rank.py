@@ -1,6 +1,6 @@
-"""Entry point of one training rank (started by torchrun; see cellmapseg.cli.stage_train).
+"""Entry point of one training rank (started by torchrun; see cellmapseg.stages.train).
 
-    torchrun --standalone --nnodes=1 --nproc_per_node=N -m cellmapseg.train.run \
+    torchrun --standalone --nnodes=1 --nproc_per_node=N -m cellmapseg.train.rank \
         --model NAME --config RESOLVED.yaml --inventory INV.csv --caching STRATEGY.json --out DIR
 """
 
@@ -10,13 +10,13 @@ import argparse
 import json
 
 from cellmapseg import config as config_mod
-from cellmapseg.cli import bad_input_exits, setup_logging
-from cellmapseg.launch import die_with_parent
+from cellmapseg.runtime.process import bad_input_exits, setup_logging
+from cellmapseg.runtime.torchrun import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> None:
     die_with_parent()  # before the heavy imports: a kill -9 of the job must not leave orphans
-    from cellmapseg.probe.memory import read_inventory
+    from cellmapseg.data.inventory import read_inventory
     from cellmapseg.probe.select import read_selection
     from cellmapseg.train import distributed
     from cellmapseg.train.loop import Trainer

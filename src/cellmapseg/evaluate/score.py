@@ -22,23 +22,23 @@ import zarr
 
 from cellmapseg.atomic import atomic_path, write_json
 from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.data import inventory as inventory_mod
+from cellmapseg.data import predictions
 from cellmapseg.data.datalist import parse_annotated_classes
 from cellmapseg.data.nifti import load_array, read_header
 from cellmapseg.errors import InputError
 from cellmapseg.evaluate.aggregate import summarise
 from cellmapseg.evaluate.instance import score_instances
-from cellmapseg.evaluate.semantic import dice, iou, semantic_counts
-from cellmapseg.probe.memory import read_inventory
+from cellmapseg.evaluate.metrics import dice, iou
+from cellmapseg.evaluate.semantic import semantic_counts
 
 log = logging.getLogger(__name__)
 
-INVENTORY_COLUMNS = ("crop", "crop_id", "split", "label", "d", "h", "w", "annotated_classes")
 CSV_COLUMNS = (
     "crop", "crop_id", "class", "kind", "tp", "fp", "fn", "iou", "dice", "f1",
     "mean_norm_hausdorff", "combined", "n_pred", "n_true", "guard",
     "hausdorff_norm_sum", "n_hausdorff",  # raw pooling inputs, so eval.csv can be re-aggregated
 )
-STORE_NAME = "predictions.zarr"
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,9 @@ class CropJob:
 
 def _load_inventory(inventory: Path | pd.DataFrame) -> pd.DataFrame:
     if isinstance(inventory, pd.DataFrame):
-        inv, name = inventory.copy(), "inventory"
-    else:
-        name = str(inventory)
-        if not Path(inventory).is_file():
-            raise InputError(f"{name}: inventory file not found")
-        inv = read_inventory(inventory)
-    missing = [c for c in INVENTORY_COLUMNS if c not in inv.columns]
-    if missing:
-        raise InputError(f"{name}: missing columns {missing}")
-    return inv
+        inventory_mod.require_columns(inventory, inventory_mod.CROP_COLUMNS, "inventory")
+        return inventory.copy()
+    return inventory_mod.read_inventory(inventory, inventory_mod.CROP_COLUMNS)
 
 
 def _classes(text: Any, crop: str) -> tuple[int, ...]:
@@ -78,68 +71,14 @@ def _job(row: pd.Series) -> CropJob:
                    _classes(row["annotated_classes"], str(row["crop"])))
 
 
-def select_crops(inv: pd.DataFrame, crops: Sequence[str] | None) -> list[CropJob]:
-    """The validation crops (default) or the named ones (by `crop` or `crop_id`), in order."""
-    if crops is None:
-        chosen = inv[inv["split"] == "validation"]
-        if chosen.empty:
-            raise InputError("inventory: no crops in the validation split")
-    else:
-        known = set(inv["crop"].astype(str)) | set(inv["crop_id"].astype(str))
-        unknown = [c for c in crops if c not in known]
-        if unknown:
-            raise InputError(f"inventory: unknown crop {unknown[0]!r}")
-        names = set(crops)
-        chosen = inv[inv["crop"].astype(str).isin(names) | inv["crop_id"].astype(str).isin(names)]
-    return [_job(row) for _, row in chosen.iterrows()]
-
-
-def store_path(predictions: Path) -> Path:
-    """`predictions` is the store itself (*.zarr) or the folder holding predictions.zarr."""
-    predictions = Path(predictions)
-    return predictions if predictions.suffix == ".zarr" else predictions / STORE_NAME
-
-
-def open_store(path: Path) -> zarr.Group:
-    if not path.is_dir():
-        raise InputError(f"{path}: prediction store not found")
-    try:
-        return zarr.open_group(str(path), mode="r")
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: not a readable Zarr group ({exc})") from exc
-
-
-def _check_array(where: str, group: zarr.Group, name: str, shape: tuple[int, ...],
-                 voxel: tuple[float, ...]) -> None:
-    if name not in group or not isinstance(group[name], zarr.Array):
-        raise InputError(f"{where}/{name}: class array missing")
-    arr = group[name]
-    if tuple(arr.shape) != shape:
-        raise InputError(
-            f"{where}/{name}: prediction shape {tuple(arr.shape)} != crop shape {shape}")
-    if arr.dtype.kind not in "biu":
-        raise InputError(f"{where}/{name}: dtype {arr.dtype} is not an integer or bool label")
-    attr = arr.attrs.get("voxel_size")
-    if attr is None:
-        raise InputError(f"{where}/{name}: attribute voxel_size missing")
-    got = tuple(float(v) for v in attr)
-    if len(got) != len(voxel) or not np.allclose(got, voxel, rtol=1e-6, atol=0.0):
-        raise InputError(f"{where}/{name}: voxel_size {list(got)} != configured spacing "
-                         f"{list(voxel)} nm")
-
-
 def check_crop(store: zarr.Group, path: Path, job: CropJob, voxel: tuple[float, ...]) -> None:
     """Raise InputError (one line naming crop/class/file) on the first problem with a crop."""
     header = read_header(job.label)
     if header.shape3d != job.shape:
         raise InputError(f"{job.label}: label shape {header.shape} != inventory shape {job.shape} "
                          f"(crop {job.crop})")
-    where = f"{path}/{job.crop_id}"
-    if job.crop_id not in store or not isinstance(store[job.crop_id], zarr.Group):
-        raise InputError(f"{where}: crop group missing (crop {job.crop})")
-    group = store[job.crop_id]
-    for c in job.classes:
-        _check_array(where, group, CLASS_NAMES[c], job.shape, voxel)
+    predictions.crop_arrays(store, path, job.crop_id, job.crop, job.shape,
+                            [CLASS_NAMES[c] for c in job.classes], voxel)
 
 
 def _semantic_row(arr: zarr.Array, truth: np.ndarray, c: int, block: int) -> dict[str, Any]:
@@ -175,7 +114,7 @@ def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...],
     return rows
 
 
-def evaluate(predictions: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
+def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
              out_csv: Path, out_summary: Path, crops: list[str] | None = None,
              block: int = 128) -> dict:
     """Score the validation crops (or `crops`); write eval.csv and eval_summary.json; return
@@ -183,9 +122,10 @@ def evaluate(predictions: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequ
     voxel = tuple(float(v) for v in spacing_nm)
     if len(voxel) != 3 or min(voxel) <= 0:
         raise InputError(f"spacing_nm: expected 3 positive values, got {list(spacing_nm)}")
-    jobs = select_crops(_load_inventory(inventory), crops)
-    path = store_path(predictions)
-    store = open_store(path)
+    chosen = inventory_mod.select(_load_inventory(inventory), crops, "evaluate")
+    jobs = [_job(row) for _, row in chosen.iterrows()]
+    path = predictions.locate(predictions_path)
+    store = predictions.open_store(path)
     for job in jobs:
         check_crop(store, path, job, voxel)
     rows = [row for job in jobs for row in score_crop(store, job, voxel, block)]

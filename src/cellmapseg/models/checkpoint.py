@@ -81,13 +81,13 @@ def _cut_short(path: Path) -> str | None:
     return None
 
 
-def _get(tree: Any, dotted: str) -> Any:  # noqa: ANN401 - a JSON-like value
+def _get(tree: Any, dotted: str) -> Any:  # a JSON-like value
     for part in dotted.split(".") if dotted else ():
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:  # noqa: ANN401
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]

@@ -13,9 +13,24 @@ from cellmapseg.config import InferenceConfig
 from cellmapseg.data.batch import prepare_batch
 from cellmapseg.data.sampling import VolumeDataset, collate_patches
 from cellmapseg.data.volumes import VolumeSource
-from cellmapseg.inference import binarise, sliding_window_logits
-from cellmapseg.scoring import confusion_counts, mean_dice
+from cellmapseg.evaluate.metrics import mean_dice
+from cellmapseg.predict.window import binarise, sliding_window_logits
 from cellmapseg.train.distributed import Dist, all_gather
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(C, 3) int64 tensor of tp, fp, fn per channel for bool-like (C, ...) prediction/target,
+    counted on the tensors' device (evaluate.metrics' rule)."""
+    pred, target = pred.bool(), target.bool()
+    if valid is not None:
+        valid = valid.bool().expand_as(pred)
+        pred, target = pred & valid, target & valid
+    dims = tuple(range(1, pred.ndim))
+    tp = (pred & target).sum(dims)
+    fp = (pred & ~target).sum(dims)
+    fn = (~pred & target).sum(dims)
+    return torch.stack([tp, fp, fn], dim=1).long()
 
 
 def score_volumes(predict: Callable[[torch.Tensor], torch.Tensor], source: VolumeSource,

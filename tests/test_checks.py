@@ -12,10 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cellmapseg.data import validate
+from cellmapseg.data import checks
+from cellmapseg.data.checks import validate_crops
 from cellmapseg.data.datalist import CropEntry, read_datalist
 from cellmapseg.data.nifti import load_array, read_header
-from cellmapseg.data.validate import validate_crops
 from cellmapseg.errors import InputError
 
 SPACING = (8.0, 8.0, 8.0)
@@ -267,8 +267,8 @@ def test_header_pass_skips_data_of_failed_crops(
     entries = entries_of(make_dataset, tmp_path, crops={BAD: {"label": np.ones(SHAPE, np.float32)}})
     truncate(entries[BAD].label, 0.6)  # header intact, data unreadable
     loaded: list[Path] = []
-    real_load = validate.load_array
-    monkeypatch.setattr(validate, "load_array", lambda p: loaded.append(Path(p)) or real_load(p))
+    real_load = checks.load_array
+    monkeypatch.setattr(checks, "load_array", lambda p: loaded.append(Path(p)) or real_load(p))
     line = one_problem(entries, "label")
     assert "not an integer" in line and "truncated" not in line
     assert entries[BAD].image not in loaded and entries[BAD].label not in loaded
@@ -312,7 +312,7 @@ def test_truncated_gzip_data(
     """Cut to 60%: pass (a) passes (header intact); pass (b) reports the truncated stream."""
     entries = entries_of(make_dataset, tmp_path)
     truncate(getattr(entries[BAD], field), 0.6)
-    found, _ = validate.header_problems(entries[BAD], SPACING, TOL)
+    found, _ = checks.header_problems(entries[BAD], SPACING, TOL)
     assert found == []
     line = one_problem(entries, field)
     assert "corrupt or truncated gzip data" in line

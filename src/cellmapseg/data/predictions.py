@@ -1,0 +1,108 @@
+"""The predictions store, in the challenge's layout: one Zarr group per crop id, one array per
+class (`{crop_id}/{class}`), uint8 0/1 for semantic classes and uint32 instance ids for
+instance classes, each with voxel_size and translation attributes.
+
+The one owner of that layout: prediction creates stores through `writing` and `create_crop`,
+evaluation and the report open them with `open_store` and get checked arrays from
+`crop_arrays`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.errors import InputError
+from cellmapseg.layout import PREDICTIONS_STORE
+
+CHUNK = 64
+
+
+def locate(predictions: str | Path) -> Path:
+    """`predictions` is the store itself (*.zarr) or the folder holding predictions.zarr."""
+    predictions = Path(predictions)
+    return predictions if predictions.suffix == ".zarr" else predictions / PREDICTIONS_STORE
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[zarr.Group]:
+    """A new store written under a temporary name and renamed onto `out` only when the block
+    succeeds, so an interrupted run never leaves a store that looks complete."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    try:
+        yield root
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def create_crop(root: zarr.Group, crop_id: str, shape: tuple[int, ...],
+                spacing: Sequence[float]) -> dict[str, zarr.Array]:
+    """Every class array of one crop, zero-filled."""
+    group = root.create_group(crop_id)
+    chunks = tuple(min(CHUNK, n) for n in shape)
+    arrays = {}
+    for name in CLASS_NAMES:
+        dtype = np.uint32 if name in INSTANCE_CLASSES else np.uint8
+        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        arr.attrs.update({"voxel_size": list(map(float, spacing)), "translation": [0.0] * 3})
+        arrays[name] = arr
+    return arrays
+
+
+def open_store(path: Path) -> zarr.Group:
+    if not path.is_dir():
+        raise InputError(f"{path}: prediction store not found")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: not a readable Zarr group ({exc})") from exc
+
+
+def crop_arrays(store: zarr.Group, path: Path, crop_id: str, crop: str,
+                shape: tuple[int, ...], classes: Iterable[str],
+                voxel: tuple[float, ...] | None = None) -> dict[str, zarr.Array]:
+    """The arrays of `classes` for one crop, each checked (present, shape, integer dtype and,
+    when `voxel` is given, voxel_size) before any voxel is read; one InputError line names the
+    first problem."""
+    where = f"{path}/{crop_id}"
+    if crop_id not in store or not isinstance(store[crop_id], zarr.Group):
+        raise InputError(f"{where}: crop group missing (crop {crop})")
+    group = store[crop_id]
+    arrays = {}
+    for name in classes:
+        problem = _problem(group, name, shape, voxel)
+        if problem:
+            raise InputError(f"{where}/{name}: {problem} (crop {crop})")
+        arrays[name] = group[name]
+    return arrays
+
+
+def _problem(group: zarr.Group, name: str, shape: tuple[int, ...],
+             voxel: tuple[float, ...] | None) -> str | None:
+    if name not in group or not isinstance(group[name], zarr.Array):
+        return "class array missing"
+    arr = group[name]
+    if tuple(arr.shape) != shape:
+        return f"prediction shape {tuple(arr.shape)} != crop shape {shape}"
+    if arr.dtype.kind not in "biu":
+        return f"dtype {arr.dtype} is not an integer or bool label"
+    if voxel is None:
+        return None
+    attr = arr.attrs.get("voxel_size")
+    if attr is None:
+        return "attribute voxel_size missing"
+    got = tuple(float(v) for v in attr)
+    if len(got) != len(voxel) or not np.allclose(got, voxel, rtol=1e-6, atol=0.0):
+        return f"voxel_size {list(got)} != configured spacing {list(voxel)} nm"
+    return None

@@ -1,0 +1,125 @@
+"""The results layout: where every stage's files live under results/. The one owner of these
+names: the workflow's rules, the console script's defaults, training, prediction and the
+comparison all take their paths from here (docs/outputs.md documents what each file holds).
+
+`Results(root)` spells every path below a root (`RESULTS`, the workflow's, is ./results);
+the rules pass the wildcard "{model}" as the model to get a pattern. A stage never rebuilds a
+path from a root: it is handed the paths it reads and writes, and `TrainFiles` names the files
+inside one training folder for the code that writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PREDICTIONS_STORE = "predictions.zarr"
+MODEL_FIGURES = {"curves": "training_curves.png", "scores": "scores.png",
+                 "examples": "examples.png"}
+COMPARISON_SUFFIXES = ("csv", "md", "html", "png", "rst")
+
+
+def resolved_config(output: str | Path) -> Path:
+    """The resolved config written beside a stage's main output file (x.csv -> x.config.yaml)."""
+    return Path(output).with_suffix(".config.yaml")
+
+
+def predictions_config(store: str | Path) -> Path:
+    """The resolved config of a prediction run, beside its store."""
+    return Path(store).parent / "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainFiles:
+    """The files of one training folder. Checkpoints are not Snakemake outputs (a failed job's
+    outputs are deleted, and the rerun resumes from `last`)."""
+
+    folder: Path
+
+    # summary.json records the checkpoints relative to the folder
+    BEST = "checkpoints/best.pt"
+    LAST = "checkpoints/last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.csv"
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "train.log"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / self.BEST
+
+    @property
+    def last(self) -> Path:
+        return self.folder / self.LAST
+
+
+@dataclass(frozen=True)
+class Results:
+    root: Path = Path("results")
+
+    def log(self, rule: str, model: str | None = None) -> Path:
+        return self.root / "logs" / (f"{rule}_{model}.log" if model else f"{rule}.log")
+
+    # --- data and probe
+
+    @property
+    def synthetic_dir(self) -> Path:
+        return self.root / "data" / "synthetic"
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "data" / "inventory.csv"
+
+    @property
+    def memory(self) -> Path:
+        return self.root / "probe" / "memory.json"
+
+    @property
+    def caching(self) -> Path:
+        return self.root / "probe" / "caching_strategy.json"
+
+    @property
+    def probe_report(self) -> dict[str, Path]:
+        folder = self.root / "probe" / "report"
+        return {"memory": folder / "memory.html", "caching": folder / "caching.html"}
+
+    # --- one model
+
+    def train(self, model: str) -> TrainFiles:
+        return TrainFiles(self.root / model / "train")
+
+    def predictions(self, model: str) -> Path:
+        return self.root / model / "predictions" / PREDICTIONS_STORE
+
+    def manifest(self, model: str) -> Path:
+        return self.root / model / "predictions" / "manifest.json"
+
+    def eval_csv(self, model: str) -> Path:
+        return self.root / model / "eval.csv"
+
+    def eval_summary(self, model: str) -> Path:
+        return self.root / model / "eval_summary.json"
+
+    def model_report(self, model: str) -> dict[str, Path]:
+        return {key: self.root / model / "report" / name for key, name in MODEL_FIGURES.items()}
+
+    # --- across models
+
+    def comparison(self) -> dict[str, Path]:
+        """comparison.{csv,md,html,png,rst}."""
+        return {s: self.root / f"comparison.{s}" for s in COMPARISON_SUFFIXES}
+
+
+RESULTS = Results()

@@ -1,0 +1,92 @@
+"""Predict crops with a trained model into the predictions store, in bounded memory.
+
+Each image is streamed into a scratch .npy (predict.image) and predicted block by block
+(predict.blocks). Semantic classes become uint8 0/1 masks; instance classes (`nuc`) become
+uint32 connected-component ids (26-connectivity), labelled block by block and merged. The store
+(data.predictions) is written under a temporary name and renamed when every crop is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+
+from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.config import Config, ModelConfig
+from cellmapseg.data import inventory as inventory_mod
+from cellmapseg.data import predictions
+from cellmapseg.errors import InputError
+from cellmapseg.models import checkpoint
+from cellmapseg.models.net import Net
+from cellmapseg.predict.blocks import predict_blocks
+from cellmapseg.predict.image import stream_image
+from cellmapseg.predict.instances import label_block, merge
+from cellmapseg.predict.window import binarise
+
+log = logging.getLogger(__name__)
+FLIPS = ((), (0,), (1,), (2,))
+
+
+def load_model(model: ModelConfig, path: Path, device: torch.device) -> tuple[Net, dict]:
+    state = checkpoint.load(path, model.name, model.network.as_dict())
+    net = Net(model)
+    net.load_state_dict(state["model"])
+    return net.to(device).eval(), {"epoch": int(state["epoch"]), "step": int(state["step"]),
+                                   "best_score": float(state["best_score"])}
+
+
+def predict_crop(net: Net, row: dict[str, Any], cfg: Config, roi: Sequence[int],
+                 root: zarr.Group, scratch: Path, device: torch.device) -> dict[str, int]:
+    image = stream_image(row["image"], np.dtype(row["compact_image_dtype"]),
+                         scratch / f".{row['crop_id']}.npy")
+    try:
+        if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
+            raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
+                             "inventory")
+        arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm)
+        counts = dict.fromkeys(INSTANCE_CLASSES, 0)
+        block = [cfg.inference.block_size] * 3
+        flips = FLIPS if cfg.inference.tta_flips else ((),)
+        with torch.no_grad():
+            for core, logits in predict_blocks(net.predict, image, float(row["image_mean"]),
+                                               float(row["image_std"]), roi, cfg.inference,
+                                               block, device, flips):
+                binary = binarise(logits[None], cfg.inference.thresholds())[0].numpy()
+                for c, name in enumerate(CLASS_NAMES):
+                    if name in counts:
+                        arrays[name][core], n = label_block(binary[c], counts[name])
+                        counts[name] += n
+                    else:
+                        arrays[name][core] = binary[c].astype(np.uint8)
+        return {name: merge(arrays[name], block, counts[name]) for name in counts}
+    finally:
+        image.path.unlink(missing_ok=True)
+
+
+def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.DataFrame,
+                  out: Path, crops: Sequence[str] | None = None) -> dict[str, Any]:
+    """Predict the validation crops (or `crops`) into the store `out`; return the manifest."""
+    device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
+    net, info = load_model(model, ckpt, device)
+    rows = inventory_mod.select(inventory, crops, "predict").to_dict("records")
+    instances = {}
+    with predictions.writing(out) as root:
+        for row in rows:
+            log.info("predicting %s with %s", row["crop"], model.name)
+            instances[row["crop_id"]] = predict_crop(net, row, cfg, model.roi_size, root,
+                                                     out.parent, device)
+        manifest = {
+            "model": model.name, "checkpoint": str(ckpt), **info, "device": device.type,
+            "crops": [r["crop_id"] for r in rows], "crop_names": [r["crop"] for r in rows],
+            "instances": instances, "thresholds": cfg.inference.thresholds(),
+            "tta_flips": cfg.inference.tta_flips, "block_size": cfg.inference.block_size,
+            "voxel_size": list(cfg.data.spacing_nm)}
+        root.attrs.update(manifest)
+    return manifest

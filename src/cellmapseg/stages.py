@@ -1,0 +1,155 @@
+"""The pipeline's stages, one function each: what the console script's sub-commands and the
+workflow's scripts run. Each is handed every path it reads and writes (their names come from
+cellmapseg.layout), writes its resolved configuration beside its outputs, and raises InputError
+(one line naming the file, crop or key) on bad input.
+
+Heavy imports happen inside the stages, so that a stage pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cellmapseg import config as config_mod
+from cellmapseg.config import Config
+from cellmapseg.errors import InputError
+from cellmapseg.layout import TrainFiles, predictions_config, resolved_config
+
+log = logging.getLogger("cellmapseg")
+
+
+def synthetic(cfg: Config, out_dir: Path) -> Path:
+    from cellmapseg.synthetic.generate import generate
+
+    config_mod.write_resolved(cfg, out_dir / "config.yaml")
+    datalist = generate(cfg.data.synthetic, cfg.data.spacing_nm, out_dir)
+    log.info("synthetic dataset written: %s", datalist)
+    return datalist
+
+
+def inventory(cfg: Config, out_csv: Path, workers: int = 1) -> None:
+    from cellmapseg.data.inventory import write_inventory
+
+    config_mod.write_resolved(cfg, resolved_config(out_csv))
+    frame = write_inventory(cfg, out_csv, workers=workers)
+    log.info("inventory of %d crops written: %s", len(frame), out_csv)
+
+
+def probe(cfg: Config, inventory_csv: Path, out: Path) -> None:
+    from cellmapseg.probe.memory import run_probe
+
+    config_mod.write_resolved(cfg, resolved_config(out))
+    result = run_probe(cfg, inventory_csv, out)
+    log.info("memory probe (%d ranks, %d crops) written: %s", result["probe_ranks"],
+             len(result["probe_crops"]), out)
+
+
+def select_caching(cfg: Config, memory: Path, out: Path) -> None:
+    from cellmapseg.probe.select import write_selection
+
+    config_mod.write_resolved(cfg, resolved_config(out))
+    result = write_selection(cfg, memory, out)
+    log.info("caching strategy %s: %s", result["strategy"], result["reason"])
+
+
+def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: Path,
+          threads: int | None = None) -> None:
+    """Check what can be checked before any GPU work, then start the ranks with torchrun."""
+    from cellmapseg.runtime.torchrun import run_logged, threads_per_rank, torchrun_command
+    from cellmapseg.train.preflight import check_training
+
+    m = cfg.model(model)
+    check_training(cfg, m, inventory_csv, caching)
+    files = TrainFiles(out_dir)
+    config_mod.write_resolved(cfg, files.config)
+    world = cfg.train.world_size
+    cmd = torchrun_command(world, "cellmapseg.train.rank", [
+        "--model", model, "--config", files.config, "--inventory", inventory_csv,
+        "--caching", caching, "--out", out_dir])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank(threads, world))}
+    log.info("training %s with %d rank(s); log: %s", model, world, files.log)
+    run_logged(cmd, env, files.log, f"training {model}")
+
+
+def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, out: Path,
+            manifest: Path, crops: Sequence[str] | None = None) -> None:
+    """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint."""
+    from cellmapseg.atomic import write_json
+    from cellmapseg.data.inventory import read_inventory
+    from cellmapseg.predict.crops import predict_crops
+
+    m = cfg.model(model)
+    out, train_summary = Path(out), Path(train_summary)
+    summary = read_json(train_summary)
+    config_mod.write_resolved(cfg, predictions_config(out))
+    ckpt = train_summary.parent / summary["checkpoint_best"]
+    result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops)
+    write_json(manifest, result)
+    log.info("predicted %d crop(s) with %s: %s", len(result["crops"]), model, out)
+
+
+def evaluate(cfg: Config, predictions: Path, inventory_csv: Path, out_csv: Path,
+             out_summary: Path, crops: list[str] | None = None) -> None:
+    """Score predictions as the CellMap challenge does (annotated classes only)."""
+    from cellmapseg.evaluate.score import evaluate as score
+
+    config_mod.write_resolved(cfg, resolved_config(out_csv))
+    summary = score(predictions, inventory_csv, cfg.data.spacing_nm, out_csv, out_summary, crops,
+                    block=cfg.inference.block_size)
+    log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+def report_model(model: str, metrics: Path, eval_summary: Path, predictions: Path,
+                 inventory_csv: Path, out: Mapping[str, Path]) -> None:
+    """One model's report figures: training curves, per-class scores, example slices."""
+    import pandas as pd
+
+    from cellmapseg.report import figures
+
+    if not Path(metrics).is_file():
+        raise InputError(f"{metrics}: file not found")
+    figures.plot_training(pd.read_csv(metrics), model, out["curves"])
+    figures.plot_scores(read_json(eval_summary), model, out["scores"])
+    shown = figures.plot_examples(predictions, pd.read_csv(inventory_csv), model,
+                                  out["examples"])
+    log.info("report for %s: example crops %s", model, ", ".join(shown))
+
+
+def report_probe(memory: Path, caching: Path, out: Mapping[str, Path]) -> None:
+    """The memory probe and the caching decision as HTML pages (out["memory"], ["caching"])."""
+    from cellmapseg.atomic import write_text
+    from cellmapseg.report.probe import caching_html, memory_html
+
+    write_text(out["memory"], memory_html(read_json(memory)))
+    write_text(out["caching"], caching_html(read_json(caching)))
+
+
+def compare(cfg: Config, train_summaries: Sequence[Path], eval_summaries: Sequence[Path],
+            out: Mapping[str, Path]) -> None:
+    """comparison.{csv,md,html,png,rst}: every configured model, in config order, missing ones
+    marked; `train_summaries` and `eval_summaries` are the models' files in that order."""
+    from cellmapseg.report.comparison import ModelFiles, write_comparison
+
+    models = list(cfg.models)
+    if not (len(models) == len(train_summaries) == len(eval_summaries)):
+        raise ValueError(f"compare: {len(models)} models but {len(train_summaries)} training and "
+                         f"{len(eval_summaries)} evaluation summaries")
+    files = {m: ModelFiles(Path(t), Path(e))
+             for m, t, e in zip(models, train_summaries, eval_summaries, strict=True)}
+    frame = write_comparison(files, out)
+    log.info("comparison of %d models (%d missing) in %s", len(frame),
+             int((frame["status"] != "ok").sum()), Path(out["csv"]).parent)
