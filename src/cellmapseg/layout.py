@@ -76,6 +76,7 @@ class Results:
 
     @property
     def synthetic_dir(self) -> Path:
+        """The embedded default's dataset (the schema's data.datalist default points inside)."""
         return self.root / "data" / "synthetic"
 
     @property
@@ -116,6 +117,11 @@ class Results:
         return {key: self.root / model / "report" / name for key, name in MODEL_FIGURES.items()}
 
     # --- across models
+
+    @property
+    def report(self) -> Path:
+        """Where the README's command writes the HTML report (snakemake --report PATH)."""
+        return self.root / "report.html"
 
     def comparison(self) -> dict[str, Path]:
         """comparison.{csv,md,html,png,rst}."""

@@ -118,13 +118,14 @@ def report_model(model: str, metrics: Path, eval_summary: Path, predictions: Pat
     """One model's report figures: training curves, per-class scores, example slices."""
     import pandas as pd
 
+    from cellmapseg.data.inventory import CROP_COLUMNS, read_inventory
     from cellmapseg.report import figures
 
     if not Path(metrics).is_file():
         raise InputError(f"{metrics}: file not found")
     figures.plot_training(pd.read_csv(metrics), model, out["curves"])
     figures.plot_scores(read_json(eval_summary), model, out["scores"])
-    shown = figures.plot_examples(predictions, pd.read_csv(inventory_csv), model,
+    shown = figures.plot_examples(predictions, read_inventory(inventory_csv, CROP_COLUMNS), model,
                                   out["examples"])
     log.info("report for %s: example crops %s", model, ", ".join(shown))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cellmapseg.layout import RESULTS
+
 
 def report_target(argv: list[str]) -> str | None:
     """The file given to Snakemake's --report in this command line, if any."""
@@ -24,4 +26,4 @@ def print_comparison(markdown: str | Path, argv: list[str]) -> None:
     if target:
         print(f"HTML report: {Path(target).resolve()} (written next, after the run)")
     else:
-        print("HTML report: run `snakemake --report results/report.html` to write it")
+        print(f"HTML report: run `snakemake --report {RESULTS.report}` to write it")
