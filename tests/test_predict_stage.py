@@ -116,3 +116,14 @@ def test_unknown_crop_is_named(trained, tmp_path):
     with pytest.raises(InputError, match="crops not in the inventory: crop999"):
         predict(cfg, "tiny", root / "tiny/train/summary.json", root / "inventory.csv",
                 tmp_path / "p.zarr", crops=["crop999"])
+
+
+def test_a_gpu_config_without_a_cuda_device_stops_predict_in_one_line(trained, tmp_path,
+                                                                      monkeypatch):
+    root, cfg = trained
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    gpu = from_dict({**to_dict(cfg), "train": {**to_dict(cfg)["train"], "gpus": 1}})
+    with pytest.raises(InputError, match="'train.gpus' = 1 .* sees no CUDA device"):
+        predict(gpu, "tiny", root / "tiny/train/summary.json", root / "inventory.csv",
+                tmp_path / "p.zarr")
+    assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "manifest.json").exists()

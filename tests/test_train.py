@@ -187,6 +187,19 @@ def test_a_changed_config_does_not_resume_an_old_checkpoint(setup, tmp_path):
     assert "written under a different configuration (changed: model.epochs, model.lr)" in lines[0]
 
 
+@pytest.mark.slow
+def test_a_run_resumed_under_another_world_size_stops_in_one_line(setup, tmp_path):
+    root, raw = setup
+    out = tmp_path / "world"
+    assert run_training(root, write_config(tmp_path, raw, epochs=1), out).returncode == 0
+    proc = run_training(root, write_config(tmp_path, raw, cpu_ranks=2, epochs=1), out)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1
+    assert "written by 1 rank(s), this run has 2" in lines[0]
+    assert "last.pt" in lines[0]
+
+
 def test_rank_threads_never_exceed_the_usable_cpus(monkeypatch):
     from cellmapseg.runtime.torchrun import threads_per_rank
 

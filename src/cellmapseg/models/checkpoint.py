@@ -104,3 +104,17 @@ def check_same_run(path: Path, state: dict[str, Any], run_config: dict[str, Any]
             f"{', '.join(changed)}); restore that configuration to resume, or delete "
             f"{path.parent} to train from scratch"
         )
+
+
+def check_same_world(path: Path, state: dict[str, Any], world: int) -> None:
+    """Refuse to resume under another world size: the steps per epoch, each rank's share of the
+    crops and the learning-rate schedule all follow from it, so the run would silently change
+    its schedule halfway."""
+    saved = int(state.get("world_size", world))
+    if saved != world:
+        raise InputError(
+            f"checkpoint {path}: written by {saved} rank(s), this run has {world}; the step "
+            f"schedule depends on the world size. Resume with {saved} rank(s) (train.gpus, the "
+            f"job's resources.gpu, or train.cpu_ranks on CPU), or delete {path.parent} to train "
+            "from scratch"
+        )

@@ -70,10 +70,23 @@ def predict_crop(net: Net, row: dict[str, Any], cfg: Config, roi: Sequence[int],
         image.path.unlink(missing_ok=True)
 
 
+def prediction_device(cfg: Config) -> torch.device:
+    """CUDA for a GPU config (train.gpus > 0), else the CPU. A GPU config in a job that sees no
+    CUDA device stops: predicting on the CPU instead would take days without a word."""
+    if cfg.train.gpus == 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"predict: config key 'train.gpus' = {cfg.train.gpus} (GPU prediction) but this job "
+            "sees no CUDA device; give the predict rule a GPU (Slurm profile: its gpu "
+            "resource) or set train.gpus to 0 to predict on the CPU")
+    return torch.device("cuda")
+
+
 def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.DataFrame,
                   out: Path, crops: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict the validation crops (or `crops`) into the store `out`; return the manifest."""
-    device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
+    device = prediction_device(cfg)
     net, info = load_model(model, ckpt, device)
     rows = inventory_mod.select(inventory, crops, "predict").to_dict("records")
     instances = {}

@@ -127,16 +127,16 @@ class Trainer:
             return
         state = checkpoint.load(self.paths.last, self.name, self._network_dict())
         checkpoint.check_same_run(self.paths.last, state, self._run_config())
+        checkpoint.check_same_world(self.paths.last, state, self.d.world)
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
         self.history = list(state["history"])
-        if state["world_size"] == self.d.world:
-            torch.set_rng_state(state["rng_cpu"][self.d.rank])
-            if state["rng_cuda"]:
-                torch.cuda.set_rng_state(state["rng_cuda"][self.d.rank], self.d.device)
+        torch.set_rng_state(state["rng_cpu"][self.d.rank])
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state(state["rng_cuda"][self.d.rank], self.d.device)
         if self.d.is_main:
             log.info("resumed %s from %s at epoch %d, step %d", self.name, self.paths.last,
                      self.epoch, self.step)
