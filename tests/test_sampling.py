@@ -13,7 +13,6 @@ from cellmapseg.data.compact import PAD_LABEL
 from cellmapseg.data.sampling import (
     EpochSampler,
     PatchDataset,
-    VolumeDataset,
     collate_patches,
     crop_or_pad,
     flip_rotate,
@@ -200,11 +199,3 @@ def test_mixed_image_dtypes_collate_to_a_common_dtype():
     ds = PatchDataset(ListSource([a, b]), ROI, 1, 1, seed=0)
     batch = collate_patches([ds[0], ds[1]])
     assert batch["image"].dtype == torch.float32 and batch["image"].shape[0] == 2
-
-
-def test_validation_dataset_yields_whole_volumes():
-    vol = make_volume(shape=(10, 12, 14))
-    item = VolumeDataset(ListSource([vol]))[0]
-    batch = prepare_batch(collate_patches([item]))
-    assert batch.input.shape == (1, 1, 10, 12, 14) and batch.target.shape == (1, 14, 10, 12, 14)
-    assert item["name"] == "v"

@@ -113,26 +113,6 @@ class PatchDataset(Dataset):
         }
 
 
-class VolumeDataset(Dataset):
-    """Whole volumes, one per item (validation by sliding window)."""
-
-    def __init__(self, source: VolumeSource) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:
-        v = self.source.get(index)
-        return {
-            "name": v.name,
-            "image": v.image[None, None],
-            "label": v.label[None],
-            "annotation_mask": v.annotation_mask[None],
-            "norm": np.array([[v.mean, v.std]], np.float32),
-        }
-
-
 def collate_patches(items: list[dict]) -> dict[str, torch.Tensor | list[str]]:
     """Concatenate items along the sample axis: (B, S, ...) -> (B*S, ...).
 

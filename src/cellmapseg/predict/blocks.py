@@ -56,19 +56,25 @@ def predict_blocks(
     block: Sequence[int],
     device: torch.device,
     flips: Sequence[tuple[int, ...]] = ((),),
+    to_cpu: bool = True,
 ) -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
-    """Yield (core slices, logits (C, *core) float32 on the CPU) for every block of `image`.
+    """Yield (core slices, logits (C, *core) float32, on the CPU unless not `to_cpu`) for every
+    block of `image`.
 
-    `image` may be a memory map: only one region is read at a time. With `flips`, logits are
-    averaged over the flipped inputs (test-time augmentation; () = no flip)."""
+    `image` may be a memory map: only one region is read at a time. It is normalised with the
+    float32 statistics training uses (data.batch.prepare_batch), so that a block's input equals
+    the training-time input bit for bit. With `flips`, logits are averaged over the flipped
+    inputs (test-time augmentation; () = no flip)."""
+    mean32, std32 = np.float32(mean), max(np.float32(std), np.float32(1e-6))
     for core in blocks(image.shape, block):
         span = [region(c, n, r, cfg.overlap)
                 for c, n, r in zip(core, image.shape, roi, strict=True)]
         x = np.asarray(image[tuple(slice(a, b) for a, b in span)], dtype=np.float32)
-        x = torch.from_numpy((x - mean) / max(std, 1e-6))[None, None].to(device)
+        x = torch.from_numpy((x - mean32) / std32)[None, None].to(device)
         logits = sum(_flipped(predict, x, roi, cfg, f) for f in flips) / len(flips)
         inner = tuple(slice(c0 - a, c1 - a) for (c0, c1), (a, _) in zip(core, span, strict=True))
-        yield tuple(slice(*c) for c in core), logits[0][(slice(None), *inner)].cpu()
+        out = logits[0][(slice(None), *inner)]
+        yield tuple(slice(*c) for c in core), out.cpu() if to_cpu else out
 
 
 def _flipped(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

@@ -1,18 +1,14 @@
-"""The image of a crop to predict, streamed from its NIfTI into a Fortran-ordered .npy beside
-the output (NIfTI stores x fastest, so slabs along the last axis are contiguous on both sides);
-blocks are then read from it one region at a time."""
+"""The image of a crop to predict, streamed once from its NIfTI into a Fortran-ordered .npy
+beside the output; blocks are then read from it one region at a time."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from cellmapseg.data import nifti
 from cellmapseg.errors import InputError
-
-SLAB_BYTES = 256 * 2**20
 
 
 class NpyRegions:
@@ -34,21 +30,25 @@ class NpyRegions:
 
 
 def stream_image(path: str | Path, dtype: np.dtype, dest: Path) -> NpyRegions:
-    """Copy a NIfTI image into `dest` (.npy, compact dtype) slab by slab."""
+    """Copy a NIfTI image into `dest` (.npy, compact dtype), decompressing it once from start
+    to end (data.nifti.stream_voxels): time linear in the crop, memory bounded by a chunk.
+
+    NIfTI stores the first axis fastest, so the voxel stream is the Fortran order of the array:
+    it is appended to a Fortran-ordered .npy with plain file writes (no mapping, so the written
+    pages never count in this process's memory)."""
     header = nifti.read_header(path)
     shape = header.shape3d
     if shape is None:
         raise InputError(f"{path}: expected a 3D image, got shape {header.shape}")
-    proxy = nib.load(path).dataobj
-    out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape, fortran_order=True)
-    step = max(1, SLAB_BYTES // (shape[0] * shape[1] * 4))
-    try:
-        for z in range(0, shape[2], step):
-            slab = np.asarray(proxy[:, :, z:z + step] if len(header.shape) == 3
-                              else proxy[:, :, z:z + step, 0])
-            out[:, :, z:z + step] = slab.astype(dtype, copy=False)
-    except (EOFError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read the image data ({exc})") from exc
-    out.flush()
-    del out
+    np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape, fortran_order=True)
+    offset = np.load(dest, mmap_mode="r").offset
+    written = 0
+    with open(dest, "r+b") as fh:
+        fh.seek(offset)
+        for chunk in nifti.stream_voxels(path):
+            data = chunk.astype(dtype, copy=False)
+            fh.write(memoryview(data))  # a 1D contiguous chunk: no copy
+            written += data.size
+    if written != int(np.prod(shape)):
+        raise InputError(f"{path}: {written} voxels read, the header says {int(np.prod(shape))}")
     return NpyRegions(dest)

@@ -1,6 +1,6 @@
 """One rank of the memory probe, started by torchrun exactly as training ranks are.
 
-Opens the probe crops under one caching strategy, reads every voxel (as whole-volume validation
+Opens the probe crops under one caching strategy, reads every voxel (as validation
 does) and draws patches, then measures its own smaps_rollup while every rank is still alive and
 holding its data; rank 0 writes all ranks' figures.
 

@@ -1,20 +1,21 @@
-"""Validation every eval_epochs: whole volumes by Gaussian sliding window, Dice per annotated
-channel, gathered across ranks (each rank scores its share of the volumes)."""
+"""Validation every eval_epochs: whole volumes through the predict stage's block-wise sliding
+window, Dice per annotated channel, gathered across ranks (each rank scores its share of the
+volumes). Memory on the device and the host is bounded by inference.block_size, whatever the
+crop's size."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.classes import CLASS_NAMES, NUM_CLASSES
 from cellmapseg.config import InferenceConfig
-from cellmapseg.data.batch import prepare_batch
-from cellmapseg.data.sampling import VolumeDataset, collate_patches
-from cellmapseg.data.volumes import VolumeSource
+from cellmapseg.data.volumes import Volume, VolumeSource
 from cellmapseg.evaluate.metrics import mean_dice
-from cellmapseg.predict.window import binarise, sliding_window_logits
+from cellmapseg.predict.blocks import predict_blocks
+from cellmapseg.predict.window import binarise
 from cellmapseg.train.distributed import Dist, all_gather
 
 
@@ -33,22 +34,35 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor,
     return torch.stack([tp, fp, fn], dim=1).long()
 
 
+def score_volume(predict: Callable[[torch.Tensor], torch.Tensor], volume: Volume,
+                 roi: Sequence[int], cfg: InferenceConfig, device: torch.device) -> np.ndarray:
+    """(C, 3) tp, fp, fn of one whole volume, counted block by block on `device` against the
+    compact label (predict.blocks, the predict stage's predictor): neither the device nor the
+    host ever holds the crop's logits or its one-hot target, only a block's."""
+    thresholds = cfg.thresholds()
+    block = [cfg.block_size] * 3
+    values = torch.arange(1, NUM_CLASSES + 1, device=device, dtype=torch.uint8)
+    counts = torch.zeros((NUM_CLASSES, 3), dtype=torch.long, device=device)
+    for core, logits in predict_blocks(predict, volume.image, volume.mean, volume.std, roi, cfg,
+                                       block, device, to_cpu=False):
+        pred = binarise(logits[None], thresholds)[0]
+        label = torch.from_numpy(np.ascontiguousarray(volume.label[core])).to(device)
+        counts += confusion_counts(pred, label[None] == values.view(-1, 1, 1, 1))
+    return counts.cpu().numpy()
+
+
 def score_volumes(predict: Callable[[torch.Tensor], torch.Tensor], source: VolumeSource,
                   indices: range, roi: tuple[int, ...], cfg: InferenceConfig,
                   device: torch.device) -> list[dict]:
     """tp/fp/fn per annotated (crop, channel) for the volumes `indices` of `source`."""
-    volumes = VolumeDataset(source)
     records = []
     with torch.no_grad():  # `predict` applies the model's own autocast
         for i in indices:
-            item = volumes[i]
-            batch = prepare_batch(collate_patches([item]), device)
-            logits = sliding_window_logits(predict, batch.input, roi, cfg)
-            pred = binarise(logits, cfg.thresholds())[0]
-            counts = confusion_counts(pred, batch.target[0] > 0.5).cpu().numpy()
-            for c in np.flatnonzero(item["annotation_mask"][0]):
+            volume = source.get(i)
+            counts = score_volume(predict, volume, roi, cfg, device)
+            for c in np.flatnonzero(volume.annotation_mask):
                 tp, fp, fn = (int(v) for v in counts[c])
-                records.append({"crop": item["name"], "channel": int(c), "tp": tp, "fp": fp,
+                records.append({"crop": volume.name, "channel": int(c), "tp": tp, "fp": fp,
                                 "fn": fn})
     return records
 

@@ -1,0 +1,70 @@
+"""Streaming a NIfTI once: the chunks are exactly the voxels `load_array` returns (file order),
+damaged files fail in one line, and the predict stage's image copy is the crop itself."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cellmapseg.data import nifti
+from cellmapseg.errors import InputError
+from cellmapseg.predict.image import stream_image
+
+
+def write(path: Path, array: np.ndarray, slope_inter: tuple[float, float] | None = None) -> Path:
+    img = nib.Nifti1Image(array, np.diag([8.0, 8.0, 8.0, 1.0]))
+    if slope_inter:
+        img.header.set_slope_inter(*slope_inter)
+    nib.save(img, path)
+    return path
+
+
+@pytest.mark.parametrize(("name", "shape", "dtype", "scaling"), [
+    ("f.nii.gz", (17, 23, 31), np.float32, None),
+    ("u.nii.gz", (9, 8, 7), np.uint8, None),
+    ("s.nii.gz", (9, 8, 7), np.int16, (0.5, 3.0)),
+    ("v.nii.gz", (5, 6, 7, 1), np.float32, None),
+    ("plain.nii", (6, 5, 4), np.float32, None),
+])
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1 << 20])
+def test_chunks_are_the_voxels_of_load_array_in_file_order(tmp_path, name, shape, dtype, scaling,
+                                                           chunk_bytes):
+    array = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
+    path = write(tmp_path / name, array, scaling)
+    ref = nifti.load_array(path)
+    chunks = list(nifti.stream_voxels(path, chunk_bytes=chunk_bytes))
+    assert max(c.size for c in chunks) <= max(chunk_bytes // np.dtype(dtype).itemsize, 1)
+    flat = np.concatenate(chunks)
+    assert flat.dtype == ref.dtype
+    np.testing.assert_array_equal(flat, ref.ravel(order="F"))
+
+
+def test_a_truncated_gzip_fails_in_one_line(tmp_path):
+    path = write(tmp_path / "t.nii.gz", np.arange(50_000, dtype=np.float32).reshape(50, 40, 25))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=r"t\.nii\.gz: corrupt or truncated gzip data"):
+        list(nifti.stream_voxels(path))
+
+
+def test_a_damaged_gzip_trailer_is_caught_after_the_last_voxel(tmp_path):
+    path = write(tmp_path / "c.nii.gz", np.arange(6_000, dtype=np.float32).reshape(20, 30, 10))
+    raw = gzip.decompress(path.read_bytes())
+    damaged = bytearray(gzip.compress(raw))
+    damaged[-8] ^= 0xFF  # the CRC32 of the trailer
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match="corrupt or truncated gzip data"):
+        list(nifti.stream_voxels(path))
+
+
+def test_the_predict_stage_image_copy_equals_the_crop(tmp_path):
+    image = np.random.default_rng(1).integers(0, 253, (19, 21, 23)).astype(np.float32)
+    path = write(tmp_path / "img_0000.nii.gz", image)
+    regions = stream_image(path, np.dtype(np.uint8), tmp_path / "copy.npy")
+    assert regions.shape == image.shape
+    np.testing.assert_array_equal(regions[:, :, :], image.astype(np.uint8))
+    np.testing.assert_array_equal(regions[3:9, 2:20, 5:6], image[3:9, 2:20, 5:6])
