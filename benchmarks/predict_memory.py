@@ -62,14 +62,14 @@ def run_ours(image_path: Path, out_dir: Path, roi: int, overlap: float, block: i
     import torch
     import zarr
 
+    from cellmapseg.blockwise import ScratchArray
     from cellmapseg.config import from_dict
     from cellmapseg.predict.blocks import predict_blocks
-    from cellmapseg.predict.image import NpyRegions
     from cellmapseg.predict.window import binarise
 
     torch.set_num_threads(2)
     cfg = from_dict({"inference": {"overlap": overlap, "sw_batch_size": SW_BATCH}}).inference
-    image = NpyRegions(image_path)
+    image = ScratchArray(image_path)
     group = zarr.open_group(str(out_dir / "pred.zarr"), mode="w", zarr_format=2)
     arrays = [group.create_array(f"c{c}", shape=image.shape, chunks=(64,) * 3, dtype=np.uint8,
                                  fill_value=0) for c in range(14)]

@@ -14,6 +14,7 @@ import zarr
 
 from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.errors import InputError
+from cellmapseg.evaluate import instance
 from cellmapseg.evaluate.aggregate import METRIC_VERSION, instance_class
 from cellmapseg.evaluate.instance import (
     max_distance,
@@ -28,6 +29,14 @@ from cellmapseg.evaluate.semantic import semantic_counts
 SP = (8.0, 8.0, 8.0)
 CH = {name: c for c, name in enumerate(CLASS_NAMES)}
 SHAPE = (24, 24, 24)
+
+
+@pytest.fixture(autouse=True, params=[instance.BLOCK, 5], ids=["one-block", "block-5"])
+def instance_block(request, monkeypatch):
+    """Every scoring test runs with the crop in one block and in blocks of 5 voxels (objects
+    and boxes cut by block borders): the numbers must be the same."""
+    monkeypatch.setattr(instance, "BLOCK", request.param)
+    return request.param
 
 
 def norm(d: float, voxel=SP) -> float:

@@ -12,7 +12,6 @@ import pytest
 
 from cellmapseg.data import nifti
 from cellmapseg.errors import InputError
-from cellmapseg.predict.image import stream_image
 
 
 def write(path: Path, array: np.ndarray, slope_inter: tuple[float, float] | None = None) -> Path:
@@ -64,7 +63,7 @@ def test_a_damaged_gzip_trailer_is_caught_after_the_last_voxel(tmp_path):
 def test_the_predict_stage_image_copy_equals_the_crop(tmp_path):
     image = np.random.default_rng(1).integers(0, 253, (19, 21, 23)).astype(np.float32)
     path = write(tmp_path / "img_0000.nii.gz", image)
-    regions = stream_image(path, np.dtype(np.uint8), tmp_path / "copy.npy")
+    regions = nifti.stream_to_npy(path, np.dtype(np.uint8), tmp_path / "copy.npy")
     assert regions.shape == image.shape
     np.testing.assert_array_equal(regions[:, :, :], image.astype(np.uint8))
     np.testing.assert_array_equal(regions[3:9, 2:20, 5:6], image[3:9, 2:20, 5:6])

@@ -7,8 +7,9 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from cellmapseg.blockwise import spans as blocks
 from cellmapseg.config import from_dict
-from cellmapseg.predict.blocks import blocks, predict_blocks, region, window_starts
+from cellmapseg.predict.blocks import predict_blocks, region, window_starts
 
 
 def tiny_model() -> torch.nn.Module:
@@ -98,7 +99,7 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 def test_blockwise_components_equal_whole_volume_26_connectivity(block):
     from scipy import ndimage as ndi
 
-    from cellmapseg.predict.instances import STRUCTURE_26, label_block, merge
+    from cellmapseg.blockwise import STRUCTURE_26, label_block, merge
 
     rng = np.random.default_rng(0)
     mask = rng.random((23, 19, 21)) > 0.8  # many diagonal-only contacts across block borders

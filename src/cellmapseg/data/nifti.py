@@ -22,6 +22,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.volumeutils import apply_read_scaling
 
+from cellmapseg.blockwise import ScratchArray
 from cellmapseg.errors import InputError
 
 _NIFTI_TYPES = (nib.Nifti1Image, nib.Nifti2Image)
@@ -207,3 +208,34 @@ def _skip(stream: BinaryIO, n: int, path: Path) -> None:
         if got == 0:
             raise InputError(f"{path}: truncated before its voxel data")
         n -= got
+
+
+def stream_to_npy(path: str | os.PathLike, dtype: np.dtype, dest: Path) -> ScratchArray:
+    """Copy a NIfTI volume into `dest` (.npy in `dtype`), decompressing it once from start to
+    end (`stream_voxels`): time linear in the crop, memory bounded by a chunk. The copy is then
+    read a region at a time (blockwise.ScratchArray).
+
+    NIfTI stores the first axis fastest, so the voxel stream is the Fortran order of the array:
+    it is appended to a Fortran-ordered .npy with plain file writes (no mapping, so the written
+    pages never count in this process's memory)."""
+    header = read_header(path)
+    shape = header.shape3d
+    if shape is None:
+        raise InputError(f"{path}: expected a 3D image, got shape {header.shape}")
+    np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape, fortran_order=True)
+    offset = np.load(dest, mmap_mode="r").offset
+    written = 0
+    try:
+        with open(dest, "r+b") as fh:
+            fh.seek(offset)
+            for chunk in stream_voxels(path):
+                data = chunk.astype(dtype, copy=False)
+                fh.write(memoryview(data))  # a 1D contiguous chunk: no copy
+                written += data.size
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    if written != int(np.prod(shape)):
+        dest.unlink(missing_ok=True)
+        raise InputError(f"{path}: {written} voxels read, the header says {int(np.prod(shape))}")
+    return ScratchArray(dest)

@@ -25,14 +25,19 @@ Rules follow the challenge's eval_utils (see `aggregate.REFERENCE` for the versi
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from cellmapseg.blockwise import ScratchArray, label_components, slices, spans
 
 # config.py EvaluationConfig defaults.
 FINAL_RATIO_CUTOFF = 10.0
@@ -41,61 +46,7 @@ RATIO_FACTOR = 5.0
 MAX_OVERLAP_EDGES = 5_000_000
 COST_SCALE = 1_000_000
 SKIPPED = "skipped_too_many_instances"  # the reference's status string for both guards
-
-
-def full_connectivity(ndim: int) -> np.ndarray:
-    """26-connectivity in 3D (every neighbour sharing a face, edge or corner)."""
-    return np.ones((3,) * ndim, dtype=bool)
-
-
-def truth_instances(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Truth instances of a class mask: its 26-connected components, numbered 1..n in raster
-    order. (Our NIfTI labels store one value per class, not instance ids.)"""
-    labels, n = ndimage.label(mask, structure=full_connectivity(mask.ndim))
-    return labels, int(n)
-
-
-def raster_order(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels 1..n by the raster position of each label's first voxel (cc3d's order)."""
-    values = labels[labels > 0]
-    uniq, first = np.unique(values, return_index=True)
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-    lut[uniq[np.argsort(first)]] = np.arange(1, uniq.size + 1, dtype=np.int32)
-    return lut[labels]
-
-
-def _split_by_id(ids: np.ndarray, foreground: np.ndarray) -> tuple[np.ndarray, int]:
-    """Components of each id separately (touching objects with different ids stay apart)."""
-    structure = full_connectivity(ids.ndim)
-    _, inverse = np.unique(ids[foreground], return_inverse=True)
-    compact = np.zeros(ids.shape, dtype=np.int32)
-    compact[foreground] = inverse.astype(np.int32) + 1
-    out = np.zeros(ids.shape, dtype=np.int32)
-    n = 0
-    for k, box in enumerate(ndimage.find_objects(compact), start=1):
-        mine = compact[box] == k
-        labels, m = ndimage.label(mine, structure=structure)
-        out[box][mine] = labels[mine] + n
-        n += int(m)
-    return raster_order(out), n
-
-
-def relabel_components(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components of an instance-id volume, numbered 1..n in raster order.
-
-    Fast path: when every 26-connected foreground component holds a single id, the components
-    of the foreground are the answer; otherwise each id is split on its own.
-    """
-    foreground = ids != 0
-    labels, n = ndimage.label(foreground, structure=full_connectivity(ids.ndim))
-    if n == 0:
-        return labels, 0
-    in_comp, fg_ids = labels[foreground], ids[foreground]
-    sample = np.zeros(n + 1, dtype=ids.dtype)
-    sample[in_comp] = fg_ids  # some voxel's id per component (whichever write lands)
-    if np.array_equal(sample[in_comp], fg_ids):  # every component holds a single id
-        return labels, int(n)
-    return _split_by_id(ids, foreground)
+BLOCK = 128  # voxels per block side while labelling and counting
 
 
 def max_distance(voxel_size: Sequence[float], shape: Sequence[int]) -> float:
@@ -118,20 +69,6 @@ class Overlaps:
     rows: np.ndarray  # 0-based truth index of each overlapping pair
     cols: np.ndarray  # 0-based prediction index
     iou: np.ndarray  # float32, as the reference stores it
-
-
-def overlap_pairs(truth: np.ndarray, pred: np.ndarray, n_true: int, n_pred: int) -> Overlaps:
-    """Every (truth, prediction) pair sharing at least one voxel, with its IoU."""
-    both = (truth > 0) & (pred > 0)
-    keys, inter = np.unique(
-        (truth[both].astype(np.int64) - 1) * n_pred + (pred[both].astype(np.int64) - 1),
-        return_counts=True,
-    )
-    rows, cols = keys // n_pred, keys % n_pred
-    true_size = np.bincount(truth[truth > 0].astype(np.int64) - 1, minlength=n_true)
-    pred_size = np.bincount(pred[pred > 0].astype(np.int64) - 1, minlength=n_pred)
-    union = true_size[rows] + pred_size[cols] - inter
-    return Overlaps(rows, cols, (inter / union).astype(np.float32))
 
 
 def match_weights(iou: np.ndarray) -> np.ndarray:
@@ -177,14 +114,6 @@ def _solve_block(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray,
     matched[ucol[b[keep]] + 1] = urow[a[keep]] + 1
 
 
-def remap(pred: np.ndarray, matched: np.ndarray) -> np.ndarray:
-    """Matched predictions take their truth id; unmatched ones keep their own id (reference)."""
-    lut = np.arange(matched.size, dtype=np.int64)
-    hit = matched > 0
-    lut[hit] = matched[hit]
-    return lut[pred]
-
-
 def hausdorff(a: np.ndarray, b: np.ndarray, voxel_size: Sequence[float], cap: float) -> float:
     """Symmetric Hausdorff distance (nm) between two masks, capped; cap if one is empty."""
     a_any, b_any = bool(a.any()), bool(b.any())
@@ -195,28 +124,6 @@ def hausdorff(a: np.ndarray, b: np.ndarray, voxel_size: Sequence[float], cap: fl
     to_b = ndimage.distance_transform_edt(~b, sampling=voxel_size)
     to_a = ndimage.distance_transform_edt(~a, sampling=voxel_size)
     return float(min(max(to_b[a].max(), to_a[b].max()), cap))
-
-
-def _union_box(boxes: Sequence[tuple[slice, ...] | None]) -> tuple[slice, ...]:
-    present = [b for b in boxes if b is not None]
-    return tuple(slice(min(b[d].start for b in present), max(b[d].stop for b in present))
-                 for d in range(len(present[0])))
-
-
-def truth_distances(truth: np.ndarray, n_true: int, pred: np.ndarray,
-                    voxel_size: Sequence[float], cap: float) -> np.ndarray:
-    """Hausdorff distance of each truth id 1..n_true to the prediction voxels with that id.
-
-    Computed inside the union of both bounding boxes: every voxel of either mask lies inside,
-    so the distances equal the whole-volume ones (the reference pads this box; no effect).
-    """
-    t_boxes = ndimage.find_objects(truth, max_label=n_true)
-    p_boxes = ndimage.find_objects(pred, max_label=n_true)
-    out = np.empty(n_true, dtype=np.float64)
-    for i in range(n_true):
-        box = _union_box([t_boxes[i], p_boxes[i]])
-        out[i] = hausdorff(truth[box] == i + 1, pred[box] == i + 1, voxel_size, cap)
-    return out
 
 
 def instance_metrics(tp: int, fp: int, fn: int, norm_sum: float, n_dist: int
@@ -261,33 +168,161 @@ def guard_reason(n_true: int, n_pred: int) -> str:
             f"(ratio {n_pred / n_true:.2f} > cutoff {cutoff:.2f})")
 
 
-def score_instances(pred_ids: np.ndarray, truth_mask: np.ndarray,
-                    voxel_size: Sequence[float], cap: float | None = None) -> InstanceScore:
+def relabel_components(ids: Any, out: Any = None, block: int | None = None) -> tuple[Any, int]:
+    """Connected components of an instance-id volume (26-connectivity; voxels of different ids
+    never join), numbered 1..n in raster order, as cc3d numbers them for the reference; `out`
+    (default: a new in-memory array) receives them. Read one block at a time.
+
+    Fast path: when every 26-connected foreground component holds a single id, the components
+    of the foreground are the answer; otherwise each id is split on its own.
+    """
+    out = np.zeros(ids.shape, np.uint32) if out is None else out
+    edges = (block or BLOCK,) * len(ids.shape)
+    n = label_components(ids, out, edges)
+    lo = np.full(n + 1, np.iinfo(np.int64).max, np.int64)
+    hi = np.full(n + 1, np.iinfo(np.int64).min, np.int64)
+    for core in spans(ids.shape, edges):
+        window = slices(core)
+        comp, values = np.asarray(out[window]), np.asarray(ids[window]).astype(np.int64)
+        inside = comp > 0
+        np.minimum.at(lo, comp[inside], values[inside])
+        np.maximum.at(hi, comp[inside], values[inside])
+    if np.array_equal(lo[1:], hi[1:]):  # every component holds a single id
+        return out, n
+    return out, label_components(ids, out, edges, by_id=True)
+
+
+@dataclass
+class BlockStats:
+    """What scoring needs of the labelled volumes, gathered block by block: voxels per id,
+    bounding boxes (lo inclusive, hi exclusive, per axis) and overlapping (truth, pred) pairs."""
+
+    true_size: np.ndarray
+    pred_size: np.ndarray
+    true_box: np.ndarray  # (n_true + 1, 2, ndim)
+    pred_box: np.ndarray  # (n_pred + 1, 2, ndim)
+    pairs: Overlaps
+
+
+def _boxes(n: int, ndim: int) -> np.ndarray:
+    box = np.empty((n + 1, 2, ndim), np.int64)
+    box[:, 0], box[:, 1] = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    return box
+
+
+def _add_boxes(box: np.ndarray, labels: np.ndarray, core: Sequence[tuple[int, int]]) -> None:
+    where = np.nonzero(labels)
+    ids = labels[where]
+    for axis, (coord, (start, _)) in enumerate(zip(where, core, strict=True)):
+        np.minimum.at(box[:, 0, axis], ids, coord + start)
+        np.maximum.at(box[:, 1, axis], ids, coord + start + 1)
+
+
+def _reduce(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    k = np.concatenate(keys)
+    uniq, inverse = np.unique(k, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
+
+
+def block_stats(truth: Any, pred: Any, n_true: int, n_pred: int, block: int) -> BlockStats:
+    ndim = len(truth.shape)
+    true_size, pred_size = np.zeros(n_true, np.int64), np.zeros(n_pred, np.int64)
+    true_box, pred_box = _boxes(n_true, ndim), _boxes(n_pred, ndim)
+    keys: list[np.ndarray] = [np.empty(0, np.int64)]
+    counts: list[np.ndarray] = [np.empty(0, np.int64)]
+    pending = 0
+    for core in spans(truth.shape, (block,) * ndim):
+        window = slices(core)
+        t, p = np.asarray(truth[window]), np.asarray(pred[window])
+        true_size += np.bincount(t[t > 0].astype(np.int64) - 1, minlength=n_true)
+        pred_size += np.bincount(p[p > 0].astype(np.int64) - 1, minlength=n_pred)
+        _add_boxes(true_box, t, core)
+        _add_boxes(pred_box, p, core)
+        both = (t > 0) & (p > 0)
+        k, c = np.unique((t[both].astype(np.int64) - 1) * n_pred + (p[both].astype(np.int64) - 1),
+                         return_counts=True)
+        keys.append(k)
+        counts.append(c)
+        pending += k.size
+        if pending > 4 * MAX_OVERLAP_EDGES:  # fold the per-block lists: memory follows the pairs
+            merged = _reduce(keys, counts)
+            keys, counts, pending = [merged[0]], [merged[1]], merged[0].size
+    uniq, inter = _reduce(keys, counts)
+    rows, cols = (uniq // n_pred, uniq % n_pred) if n_pred else (uniq, uniq)
+    union = true_size[rows] + pred_size[cols] - inter
+    pairs = Overlaps(rows, cols, (inter / union).astype(np.float32))
+    return BlockStats(true_size, pred_size, true_box, pred_box, pairs)
+
+
+def _union(boxes: np.ndarray) -> tuple[slice, ...] | None:
+    present = boxes[boxes[:, 0, 0] <= boxes[:, 1, 0]]
+    if present.size == 0:
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(present[:, 0].min(0), present[:, 1].max(0),
+                                                      strict=True))
+
+
+def truth_distances(truth: Any, pred: Any, stats: BlockStats, matched: np.ndarray,
+                    voxel_size: Sequence[float], cap: float) -> np.ndarray:
+    """Hausdorff distance of each truth id to the prediction that carries its id after the
+    reference's remapping: the predictions matched to it, and an unmatched prediction whose own
+    component id equals it (fastremap's preserve_missing_labels).
+
+    Each is computed inside the union of the bounding boxes involved: every voxel of either
+    mask lies inside, so the distances equal the whole-volume ones (the reference pads this
+    box; no effect). Only that box of each volume is read."""
+    n_true = stats.true_size.size
+    carriers: list[list[int]] = [[] for _ in range(n_true + 1)]
+    for p in np.flatnonzero(matched):
+        carriers[matched[p]].append(int(p))
+    for t in range(1, min(n_true, matched.size - 1) + 1):
+        if matched[t] == 0:
+            carriers[t].append(t)  # unmatched: keeps its component id
+    out = np.empty(n_true, dtype=np.float64)
+    for t in range(1, n_true + 1):
+        ps = np.asarray(carriers[t], np.int64)
+        box = _union(np.concatenate([stats.true_box[t:t + 1], stats.pred_box[ps]]))
+        a = np.asarray(truth[box]) == t
+        b = np.isin(np.asarray(pred[box]), ps) if ps.size else np.zeros_like(a)
+        out[t - 1] = hausdorff(a, b, voxel_size, cap)
+    return out
+
+
+def score_instances(pred_ids: Any, truth_mask: Any, voxel_size: Sequence[float],
+                    cap: float | None = None, block: int | None = None,
+                    scratch: str | Path | None = None) -> InstanceScore:
     """Score one crop's instance prediction (ids, 0 = background) against a truth class mask.
 
-    Needs both whole volumes in memory (as the reference does); only semantic classes are
-    counted block by block.
+    Both may be arrays in memory or anything sliceable block by block (a Zarr array, a
+    blockwise.ScratchArray, a blockwise.ValueMask over a label): their components are
+    written to scratch files in `scratch` (default: the system's temporary folder), so memory
+    follows the block and the largest instance's bounding box, never the crop.
     """
-    if pred_ids.shape != truth_mask.shape:
-        raise ValueError(f"prediction shape {pred_ids.shape} != truth shape {truth_mask.shape}")
+    if tuple(pred_ids.shape) != tuple(truth_mask.shape):
+        raise ValueError(f"prediction shape {tuple(pred_ids.shape)} != truth shape "
+                         f"{tuple(truth_mask.shape)}")
+    shape = tuple(truth_mask.shape)
     voxel_size = tuple(float(v) for v in voxel_size)
-    cap = max_distance(voxel_size, truth_mask.shape) if cap is None else float(cap)
-    truth, n_true = truth_instances(truth_mask)
-    pred, n_pred = relabel_components(pred_ids)
-    skipped = InstanceScore(0, 0, 0, n_pred, n_true, 0.0, 0, cap)
-    reason = guard_reason(n_true, n_pred)
-    if reason:
-        return replace(skipped, guard=reason)
-    ov = (overlap_pairs(truth, pred, n_true, n_pred) if n_true and n_pred
-          else Overlaps(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)))
-    if ov.rows.size > MAX_OVERLAP_EDGES:
-        reason = f"{SKIPPED}: {ov.rows.size} overlapping pairs > {MAX_OVERLAP_EDGES}"
-        return replace(skipped, guard=reason)
-    matched = match(ov, n_true, n_pred)
-    tp = int(np.count_nonzero(matched))
-    fp = n_pred - tp
-    dist = np.concatenate([truth_distances(truth, n_true, remap(pred, matched), voxel_size, cap),
-                           np.full(fp, cap)])
+    cap = max_distance(voxel_size, shape) if cap is None else float(cap)
+    block = block or BLOCK
+    with tempfile.TemporaryDirectory(prefix=".instances-", dir=scratch) as tmp:
+        truth = ScratchArray(Path(tmp) / "truth.npy", shape, np.uint32)
+        n_true = label_components(truth_mask, truth, (block,) * len(shape))
+        pred, n_pred = relabel_components(pred_ids, ScratchArray(Path(tmp) / "pred.npy", shape,
+                                                                 np.uint32), block)
+        skipped = InstanceScore(0, 0, 0, n_pred, n_true, 0.0, 0, cap)
+        reason = guard_reason(n_true, n_pred)
+        if reason:
+            return replace(skipped, guard=reason)
+        stats = block_stats(truth, pred, n_true, n_pred, block)
+        if stats.pairs.rows.size > MAX_OVERLAP_EDGES:
+            reason = f"{SKIPPED}: {stats.pairs.rows.size} overlapping pairs > {MAX_OVERLAP_EDGES}"
+            return replace(skipped, guard=reason)
+        matched = match(stats.pairs, n_true, n_pred)
+        tp = int(np.count_nonzero(matched))
+        fp = n_pred - tp
+        dist = np.concatenate([truth_distances(truth, pred, stats, matched, voxel_size, cap),
+                               np.full(fp, cap)])
     norm = normalise(dist, voxel_size)
     return InstanceScore(tp, fp, n_true - tp, n_pred, n_true, float(norm.sum()), int(norm.size),
                          cap)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ import pandas as pd
 import zarr
 
 from cellmapseg.atomic import atomic_path, write_json
+from cellmapseg.blockwise import ScratchArray, ValueMask
 from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import predictions
 from cellmapseg.data.datalist import parse_annotated_classes
-from cellmapseg.data.nifti import load_array, read_header
+from cellmapseg.data.nifti import read_header, stream_to_npy
 from cellmapseg.errors import InputError
 from cellmapseg.evaluate.aggregate import summarise
 from cellmapseg.evaluate.instance import score_instances
@@ -81,16 +83,16 @@ def check_crop(store: zarr.Group, path: Path, job: CropJob, voxel: tuple[float, 
                             [CLASS_NAMES[c] for c in job.classes], voxel)
 
 
-def _semantic_row(arr: zarr.Array, truth: np.ndarray, c: int, block: int) -> dict[str, Any]:
+def _semantic_row(arr: zarr.Array, truth: ScratchArray, c: int, block: int) -> dict[str, Any]:
     n = semantic_counts(arr, truth, c + 1, block)
     return {"kind": "semantic", "tp": n.tp, "fp": n.fp, "fn": n.fn,
             "iou": iou(n.tp, n.fp, n.fn), "dice": dice(n.tp, n.fp, n.fn),
             "n_pred": n.tp + n.fp, "n_true": n.tp + n.fn, "guard": ""}
 
 
-def _instance_row(arr: zarr.Array, truth: np.ndarray, c: int,
-                  voxel: tuple[float, ...]) -> dict[str, Any]:
-    s = score_instances(np.asarray(arr[...]), truth == c + 1, voxel)
+def _instance_row(arr: zarr.Array, truth: ScratchArray, c: int, voxel: tuple[float, ...],
+                  block: int, scratch: Path) -> dict[str, Any]:
+    s = score_instances(arr, ValueMask(truth, c + 1), voxel, block=block, scratch=scratch)
     f1, mean, combined = s.metrics()
     return {"kind": "instance", "tp": s.tp, "fp": s.fp, "fn": s.fn, "f1": f1,
             "mean_norm_hausdorff": mean, "combined": combined, "n_pred": s.n_pred,
@@ -98,18 +100,20 @@ def _instance_row(arr: zarr.Array, truth: np.ndarray, c: int,
             "n_hausdorff": s.n_dist}
 
 
-def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...],
-               block: int) -> list[dict[str, Any]]:
-    """One row per annotated class of a crop (inputs already checked)."""
-    truth = load_array(job.label).reshape(job.shape)  # drops a trailing singleton 4th axis
+def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...], block: int,
+               scratch: Path) -> list[dict[str, Any]]:
+    """One row per annotated class of a crop (inputs already checked). The label is
+    decompressed once into a scratch copy in `scratch` and read block by block from there."""
     group = store[job.crop_id]
     rows = []
-    for c in job.classes:
-        name = CLASS_NAMES[c]
-        arr = group[name]
-        row = (_instance_row(arr, truth, c, voxel) if name in INSTANCE_CLASSES
-               else _semantic_row(arr, truth, c, block))
-        rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": name, **row})
+    with tempfile.TemporaryDirectory(prefix=".scoring-", dir=scratch) as tmp:
+        truth = stream_to_npy(job.label, np.dtype(np.uint8), Path(tmp) / "label.npy")
+        for c in job.classes:
+            name = CLASS_NAMES[c]
+            arr = group[name]
+            row = (_instance_row(arr, truth, c, voxel, block, Path(tmp))
+                   if name in INSTANCE_CLASSES else _semantic_row(arr, truth, c, block))
+            rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": name, **row})
     log.info("scored %s (%d classes)", job.crop, len(rows))
     return rows
 
@@ -128,7 +132,9 @@ def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm:
     store = predictions.open_store(path)
     for job in jobs:
         check_crop(store, path, job, voxel)
-    rows = [row for job in jobs for row in score_crop(store, job, voxel, block)]
+    scratch = Path(out_csv).parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = [row for job in jobs for row in score_crop(store, job, voxel, block, scratch)]
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     table["n_hausdorff"] = table["n_hausdorff"].astype("Int64")  # empty for semantic rows
     summary = summarise(table, [job.crop for job in jobs])

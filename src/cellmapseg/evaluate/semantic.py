@@ -6,12 +6,12 @@ are for inspection only.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from cellmapseg.blockwise import slices, spans
 from cellmapseg.evaluate.metrics import Counts, count_block
 
 
@@ -25,13 +25,6 @@ def block_shape(shape: Sequence[int], block: int, chunks: Sequence[int] | None) 
     return tuple(max(1, min(e, n)) for e, n in zip(edges, shape, strict=True))
 
 
-def iter_blocks(shape: Sequence[int], edges: Sequence[int]) -> Iterator[tuple[slice, ...]]:
-    """Slices that tile `shape` with blocks of `edges` (the last block per axis may be short)."""
-    starts = (range(0, n, e) for n, e in zip(shape, edges, strict=True))
-    for corner in itertools.product(*starts):
-        yield tuple(slice(s, min(s + e, n)) for s, e, n in zip(corner, edges, shape, strict=True))
-
-
 def semantic_counts(pred: Any, truth_label: Any, value: int, block: int = 128) -> Counts:
     """Counts of `pred > 0` against `truth_label == value`, read one block at a time.
 
@@ -43,6 +36,7 @@ def semantic_counts(pred: Any, truth_label: Any, value: int, block: int = 128) -
         raise ValueError(f"prediction shape {shape} != truth shape {tuple(truth_label.shape)}")
     edges = block_shape(shape, block, getattr(pred, "chunks", None))
     total = Counts()
-    for sl in iter_blocks(shape, edges):
+    for core in spans(shape, edges):
+        sl = slices(core)
         total += count_block(np.asarray(pred[sl]) > 0, np.asarray(truth_label[sl]) == value)
     return total

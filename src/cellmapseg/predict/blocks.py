@@ -10,17 +10,15 @@ Memory is bounded by the region (block + up to one window per side), never by th
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
 
+from cellmapseg.blockwise import Span, spans
 from cellmapseg.config import InferenceConfig
 from cellmapseg.predict.window import sliding_window_logits
-
-Span = tuple[int, int]
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -38,12 +36,6 @@ def region(core: Span, size: int, roi: int, overlap: float) -> Span:
     b0, b1 = core
     touching = [s for s in window_starts(size, roi, overlap) if s < b1 and s + roi > b0]
     return min(touching), max(touching) + roi
-
-
-def blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[Span, ...]]:
-    """Core spans of the blocks tiling `shape`, in C order."""
-    axes = [[(b, min(b + k, n)) for b in range(0, n, k)] for n, k in zip(shape, block, strict=True)]
-    return itertools.product(*axes)
 
 
 def predict_blocks(
@@ -66,7 +58,7 @@ def predict_blocks(
     the training-time input bit for bit. With `flips`, logits are averaged over the flipped
     inputs (test-time augmentation; () = no flip)."""
     mean32, std32 = np.float32(mean), max(np.float32(std), np.float32(1e-6))
-    for core in blocks(image.shape, block):
+    for core in spans(image.shape, block):
         span = [region(c, n, r, cfg.overlap)
                 for c, n, r in zip(core, image.shape, roi, strict=True)]
         x = np.asarray(image[tuple(slice(a, b) for a, b in span)], dtype=np.float32)

@@ -18,16 +18,15 @@ import pandas as pd
 import torch
 import zarr
 
+from cellmapseg.blockwise import label_block, merge
 from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
 from cellmapseg.config import Config, ModelConfig
 from cellmapseg.data import inventory as inventory_mod
-from cellmapseg.data import predictions
+from cellmapseg.data import nifti, predictions
 from cellmapseg.errors import InputError
 from cellmapseg.models import checkpoint
 from cellmapseg.models.net import Net
 from cellmapseg.predict.blocks import predict_blocks
-from cellmapseg.predict.image import stream_image
-from cellmapseg.predict.instances import label_block, merge
 from cellmapseg.predict.window import binarise
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,8 @@ def load_model(model: ModelConfig, path: Path, device: torch.device) -> tuple[Ne
 
 def predict_crop(net: Net, row: dict[str, Any], cfg: Config, roi: Sequence[int],
                  root: zarr.Group, scratch: Path, device: torch.device) -> dict[str, int]:
-    image = stream_image(row["image"], np.dtype(row["compact_image_dtype"]),
-                         scratch / f".{row['crop_id']}.npy")
+    image = nifti.stream_to_npy(row["image"], np.dtype(row["compact_image_dtype"]),
+                                scratch / f".{row['crop_id']}.npy")
     try:
         if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
             raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
