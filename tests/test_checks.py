@@ -267,8 +267,9 @@ def test_header_pass_skips_data_of_failed_crops(
     entries = entries_of(make_dataset, tmp_path, crops={BAD: {"label": np.ones(SHAPE, np.float32)}})
     truncate(entries[BAD].label, 0.6)  # header intact, data unreadable
     loaded: list[Path] = []
-    real_load = checks.load_array
-    monkeypatch.setattr(checks, "load_array", lambda p: loaded.append(Path(p)) or real_load(p))
+    real_scans = checks.scan_image, checks.scan_label
+    monkeypatch.setattr(checks, "scan_image", lambda p: loaded.append(Path(p)) or real_scans[0](p))
+    monkeypatch.setattr(checks, "scan_label", lambda p: loaded.append(Path(p)) or real_scans[1](p))
     line = one_problem(entries, "label")
     assert "not an integer" in line and "truncated" not in line
     assert entries[BAD].image not in loaded and entries[BAD].label not in loaded

@@ -12,7 +12,7 @@ import pytest
 
 from cellmapseg import config
 from cellmapseg.classes import CLASS_NAMES
-from cellmapseg.data import checks
+from cellmapseg.data import inventory
 from cellmapseg.data.datalist import read_datalist
 from cellmapseg.data.inventory import (
     COLUMNS,
@@ -113,7 +113,7 @@ def test_trailing_singleton_axis(tmp_path: Path, make_dataset: Callable[..., Pat
 
 def test_chunked_reductions_match_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk boundaries must not change the statistics (chunk smaller than the crop)."""
-    monkeypatch.setattr(checks, "CHUNK_VOXELS", 1000)
+    monkeypatch.setattr(inventory, "CHUNK_VOXELS", 1000)
     rng = np.random.default_rng(1)
     image = np.asfortranarray(rng.normal(100.0, 30.0, SHAPE).astype(np.float32))
     label = rng.integers(0, 15, SHAPE).astype(np.uint8)

@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", type=Path, default=RESULTS.synthetic_dir)
     s = sub.add_parser("inventory", help="validate the datalist and write the crop inventory")
     s.add_argument("--out", type=Path, default=RESULTS.inventory)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=int, default=None,
+                   help="crops read at a time (default: the CPUs this process may use)")
     s = sub.add_parser("probe", help="measure caching strategies' memory with N ranks")
     s.add_argument("--inventory", type=Path, default=RESULTS.inventory)
     s.add_argument("--out", type=Path, default=RESULTS.memory)

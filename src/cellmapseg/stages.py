@@ -32,12 +32,16 @@ def synthetic(cfg: Config, out_dir: Path) -> Path:
     return datalist
 
 
-def inventory(cfg: Config, out_csv: Path, workers: int = 1) -> None:
+def inventory(cfg: Config, out_csv: Path, workers: int | None = None) -> None:
+    """The checked inventory; `workers` crops are read at a time (default and cap: the CPUs
+    this job may use)."""
     from cellmapseg.data.inventory import write_inventory
+    from cellmapseg.runtime.torchrun import usable_cpus
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
+    workers = usable_cpus(workers)
     frame = write_inventory(cfg, out_csv, workers=workers)
-    log.info("inventory of %d crops written: %s", len(frame), out_csv)
+    log.info("inventory of %d crops written with %d workers: %s", len(frame), workers, out_csv)
 
 
 def probe(cfg: Config, inventory_csv: Path, out: Path) -> None:

@@ -24,7 +24,7 @@ rule inventory:
         config=str(layout.resolved_config(R.inventory)),
     params:
         data=config["data"],
-    threads: 2
+    threads: workflow.cores  # crops read in parallel (capped by the job's CPUs)
     log:
         str(R.log("inventory")),
     conda:

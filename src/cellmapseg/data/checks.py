@@ -1,10 +1,11 @@
 """Check every crop's files before anything is trained on them; report all problems at once.
 
 Pass (a) reads only headers (cheap) for every crop: missing or unreadable files, dimensionality,
-shape, spacing and label dtype. Pass (b) then reads the voxels of the crops that passed (a), one
-crop at a time, for what only the data can show: label values, non-finite intensities and gzip
-streams that end early (a truncated .nii.gz still has a readable header). Callers that need the
-arrays anyway (the inventory) pass an `analyse` function so that each crop is read only once.
+shape, spacing and label dtype. Pass (b) then streams the voxels of the crops that passed (a)
+once, chunk by chunk (data.scan), for what only the data can show: label values, non-finite
+intensities and gzip streams that end early (a truncated .nii.gz still has a readable header).
+Callers that need statistics anyway (the inventory) pass an `analyse` function that gets the
+same scans, so that each file is decompressed only once.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import TypeVar
 
-import numpy as np
-
 from cellmapseg.classes import MAX_LABEL
 from cellmapseg.data.datalist import CropEntry, crop_name
-from cellmapseg.data.nifti import NiftiHeader, load_array, read_header
+from cellmapseg.data.nifti import NiftiHeader, read_header
+from cellmapseg.data.scan import ImageScan, LabelScan, scan_image, scan_label
 from cellmapseg.errors import InputError
 
 T = TypeVar("T")
 
-CHUNK_VOXELS = 1 << 22  # bounds the temporaries of chunked reductions (~32 MB as int64)
 FIELDS: tuple[str, ...] = ("image", "label")
 
 
@@ -34,16 +33,9 @@ class CropHeaders:
     label: NiftiHeader
 
 
-# analyse(entry, headers, image, label) -> per-crop result; runs on crops that passed every check.
-Analyse = Callable[[CropEntry, CropHeaders, np.ndarray, np.ndarray], T]
-
-
-def flat_chunks(array: np.ndarray, chunk: int | None = None) -> Iterator[np.ndarray]:
-    """Consecutive 1D views of `array` in memory order (no copy for C- or F-ordered arrays)."""
-    chunk = chunk or CHUNK_VOXELS
-    flat = array.ravel(order="K")
-    for start in range(0, flat.size, chunk):
-        yield flat[start : start + chunk]
+# analyse(entry, headers, image scan, label scan) -> per-crop result; runs on crops that passed
+# every check.
+Analyse = Callable[[CropEntry, CropHeaders, ImageScan, LabelScan], T]
 
 
 # ---------------------------------------------------------------- pass (a): headers only
@@ -107,46 +99,40 @@ def _spacing_matches(got: Sequence[float], want: Sequence[float], tolerance: flo
 # ---------------------------------------------------------------- pass (b): voxel data
 
 
-def image_problems(entry: CropEntry, image: np.ndarray) -> list[str]:
-    if image.dtype.kind != "f":
+def image_problems(entry: CropEntry, image: ImageScan) -> list[str]:
+    if not image.nonfinite:
         return []
-    bad = sum(int(np.count_nonzero(~np.isfinite(c))) for c in flat_chunks(image))
-    if not bad:
-        return []
-    return [f"crop {entry.name}: image {entry.image}: {bad} non-finite voxels (NaN or Inf)"]
+    return [f"crop {entry.name}: image {entry.image}: {image.nonfinite} non-finite voxels "
+            "(NaN or Inf)"]
 
 
-def label_problems(entry: CropEntry, label: np.ndarray) -> list[str]:
-    if label.size == 0:
+def label_problems(entry: CropEntry, label: LabelScan) -> list[str]:
+    if not label.bad:
         return []
-    lo, hi = label.min(), label.max()
-    if lo >= 0 and hi <= MAX_LABEL:
-        return []
-    # Only on failure: list the offending values (a mask of the whole crop is fine here).
-    bad = np.unique(label[(label < 0) | (label > MAX_LABEL)])
-    shown = ", ".join(str(v) for v in bad[:10].tolist()) + (", ..." if bad.size > 10 else "")
+    bad = sorted(label.bad)
+    shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
     return [f"crop {entry.name}: label {entry.label}: values outside 0..{MAX_LABEL} ({shown})"]
 
 
-def _load_volume(entry: CropEntry, field: str, problems: list[str]) -> np.ndarray | None:
+def _scan(entry: CropEntry, field: str, problems: list[str]) -> ImageScan | LabelScan | None:
+    scan = scan_image if field == "image" else scan_label
     try:
-        array = load_array(getattr(entry, field))
+        return scan(getattr(entry, field))
     except InputError as exc:
         problems.append(f"crop {entry.name}: {field} {exc}")
         return None
-    # Pass (a) allowed a trailing singleton 4th axis; drop it (a view, no copy).
-    return array[..., 0] if array.ndim == 4 else array
 
 
 def inspect_crop(
     entry: CropEntry, headers: CropHeaders, analyse: Analyse[T] | None = None
 ) -> tuple[list[str], T | None]:
-    """Pass (b) for one crop that passed (a); `analyse` reuses the arrays if they are clean."""
+    """Pass (b) for one crop that passed (a): each file streamed once (data.scan); `analyse`
+    gets the scans when the crop is clean."""
     problems: list[str] = []
-    image = _load_volume(entry, "image", problems)
+    image = _scan(entry, "image", problems)
     if image is not None:
         problems.extend(image_problems(entry, image))
-    label = _load_volume(entry, "label", problems)
+    label = _scan(entry, "label", problems)
     if label is not None:
         problems.extend(label_problems(entry, label))
     if problems or analyse is None or image is None or label is None:

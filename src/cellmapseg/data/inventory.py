@@ -9,7 +9,7 @@ read once. The CSV is written only when every crop is valid, and atomically.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,16 @@ import numpy as np
 import pandas as pd
 
 from cellmapseg.atomic import atomic_path
-from cellmapseg.classes import CLASS_NAMES, MAX_LABEL
+from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.config import Config
-from cellmapseg.data.checks import CropHeaders, flat_chunks, scan_crops
-from cellmapseg.data.compact import compact_bytes, compact_image_dtype
+from cellmapseg.data.checks import CropHeaders, scan_crops
+from cellmapseg.data.compact import compact_bytes
 from cellmapseg.data.datalist import CropEntry, read_datalist
+from cellmapseg.data.scan import ImageScan, LabelScan
 from cellmapseg.errors import InputError
 
 log = logging.getLogger(__name__)
+CHUNK_VOXELS = 1 << 22  # chunk of `flat_chunks` (arrays already in memory)
 
 COLUMNS: tuple[str, ...] = (
     "crop", "dataset", "crop_id", "split", "image", "label", "d", "h", "w", "voxels",
@@ -38,44 +40,43 @@ CROP_COLUMNS: tuple[str, ...] = ("crop", "crop_id", "split", "image", "label", "
                                  "annotated_classes")
 
 
-def image_stats(image: np.ndarray) -> dict[str, Any]:
-    """float64 mean/std over the whole crop and uint8-losslessness, in bounded memory.
+def flat_chunks(array: np.ndarray, chunk: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive 1D views of `array` in memory order (no copy for C- or F-ordered arrays)."""
+    chunk = chunk or CHUNK_VOXELS
+    flat = array.ravel(order="K")
+    for start in range(0, flat.size, chunk):
+        yield flat[start : start + chunk]
 
-    Two chunked passes (mean, then squared deviations) avoid both a float64 copy of the crop
-    and the cancellation of a one-pass sum of squares.
-    """
-    total, lo, hi, integral = 0.0, np.inf, -np.inf, True
+
+def _stats(scan: ImageScan) -> dict[str, Any]:
+    return {"image_uint8_lossless": scan.uint8_lossless(), "image_mean": scan.mean,
+            "image_std": scan.std}
+
+
+def image_stats(image: np.ndarray) -> dict[str, Any]:
+    """float64 mean/std over the whole array and uint8-losslessness, chunk by chunk (the same
+    accumulation as the streamed inventory)."""
+    scan = ImageScan()
     for chunk in flat_chunks(image):
-        total += float(np.sum(chunk, dtype=np.float64))
-        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-        if integral and chunk.dtype.kind == "f":
-            integral = bool(np.array_equal(chunk, np.round(chunk)))
-    mean = total / image.size
-    squares = sum(
-        float(np.sum(np.square(chunk.astype(np.float64) - mean))) for chunk in flat_chunks(image)
-    )
-    return {
-        "image_uint8_lossless": integral and lo >= 0 and hi <= 255,
-        "image_mean": mean,
-        "image_std": float(np.sqrt(squares / image.size)),
-    }
+        scan.add(chunk)
+    return _stats(scan)
 
 
 def label_counts(label: np.ndarray) -> np.ndarray:
     """Voxels per label value 0..MAX_LABEL (values already validated to lie in that range)."""
-    counts = np.zeros(MAX_LABEL + 1, dtype=np.int64)
+    scan = LabelScan()
     for chunk in flat_chunks(label):
-        counts += np.bincount(chunk, minlength=MAX_LABEL + 1)[: MAX_LABEL + 1]
-    return counts
+        scan.add(chunk)
+    return scan.counts
 
 
-def crop_row(
-    entry: CropEntry, headers: CropHeaders, image: np.ndarray, label: np.ndarray
-) -> dict[str, Any]:
-    """One inventory row from arrays that passed validation (the `analyse` of scan_crops)."""
-    compact = compact_image_dtype(image)
-    counts = label_counts(label)
-    d, h, w = image.shape
+def crop_row(entry: CropEntry, headers: CropHeaders, image: ImageScan,
+             label: LabelScan) -> dict[str, Any]:
+    """One inventory row from the scans of a crop that passed every check (scan_crops'
+    `analyse`)."""
+    compact = image.compact_dtype()
+    counts = label.counts
+    d, h, w = headers.image.shape3d
     return {
         "crop": entry.name,
         "dataset": entry.dataset,
@@ -86,11 +87,11 @@ def crop_row(
         "d": d,
         "h": h,
         "w": w,
-        "voxels": int(image.size),
+        "voxels": d * h * w,
         "image_dtype": headers.image.dtype.name,  # "float32" whatever the byte order
-        **image_stats(image),
+        **_stats(image),
         "compact_image_dtype": str(compact),
-        "compact_bytes": compact_bytes(image.shape, compact),
+        "compact_bytes": compact_bytes((d, h, w), compact),
         "annotated_classes": entry.annotated_text,
         "n_annotated": len(entry.annotated_classes),
         **{f"vox_{name}": int(counts[c + 1]) for c, name in enumerate(CLASS_NAMES)},

@@ -190,8 +190,8 @@ def stream_voxels(path: str | os.PathLike, chunk_bytes: int = STREAM_CHUNK_BYTES
                 want = min(step, total - done)
                 buf = stream.read(want)
                 if len(buf) < want:
-                    raise InputError(f"{path}: truncated data ({done + len(buf)} of {total} "
-                                     "voxel bytes)")
+                    raise InputError(f"{path}: truncated or unreadable data (expected {total} "
+                                     f"voxel bytes, got {done + len(buf)})")
                 done += want
                 yield apply_read_scaling(np.frombuffer(buf, dtype), proxy.slope, proxy.inter)
             while stream.read(1 << 20):  # reach the end: the gzip trailer is verified there

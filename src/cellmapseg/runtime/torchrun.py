@@ -58,12 +58,16 @@ def _orphaned() -> bool:
     return b"torch.distributed.run" not in init and b"torchrun" not in init
 
 
-def threads_per_rank(threads: int | None, world: int) -> int:
-    """CPU threads for each rank: the job's threads, but never more than the CPUs this process
-    may run on (a scheduler can grant more threads than the machine has: oversubscribed
-    OpenMP threads slow training down several times)."""
+def usable_cpus(threads: int | None = None) -> int:
+    """The job's threads, but never more than the CPUs this process may run on (a scheduler
+    can grant more threads than the machine has, and Slurm confines a job to its CPUs)."""
     usable = len(os.sched_getaffinity(0))
-    return max(1, min(threads or usable, usable) // world)
+    return max(1, min(threads or usable, usable))
+
+
+def threads_per_rank(threads: int | None, world: int) -> int:
+    """CPU threads for each rank (oversubscribed OpenMP threads slow training several times)."""
+    return max(1, usable_cpus(threads) // world)
 
 
 def run_logged(cmd: Sequence[str], env: Mapping[str, str], log_file: Path, what: str) -> None:

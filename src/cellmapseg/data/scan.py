@@ -1,0 +1,106 @@
+"""One streamed pass over a crop's image and label (data.nifti.stream_voxels): the checks that
+need the voxels and the inventory's statistics, gathered chunk by chunk, so memory is bounded
+by a chunk whatever the crop's size and each file is decompressed once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellmapseg.classes import MAX_LABEL
+from cellmapseg.data.nifti import stream_voxels
+
+
+@dataclass
+class ImageScan:
+    """Non-finite voxels, then (while every voxel is finite) the range, whether all values are
+    integers, and mean and variance merged chunk by chunk (Chan et al.'s pairwise update, as
+    stable as a two-pass sum of squared deviations)."""
+
+    dtype: np.dtype | None = None
+    voxels: int = 0
+    nonfinite: int = 0
+    lo: float = math.inf
+    hi: float = -math.inf
+    integral: bool = True
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, chunk: np.ndarray) -> None:
+        self.dtype = chunk.dtype if self.dtype is None else self.dtype
+        if chunk.size == 0:
+            return
+        if chunk.dtype.kind == "f":
+            bad = chunk.size - int(np.count_nonzero(np.isfinite(chunk)))
+            self.nonfinite += bad
+        if self.nonfinite:  # the crop is rejected: only the count matters from here on
+            self.voxels += chunk.size
+            return
+        self.lo, self.hi = min(self.lo, float(chunk.min())), max(self.hi, float(chunk.max()))
+        if self.integral and chunk.dtype.kind == "f":
+            self.integral = bool(np.array_equal(chunk, np.round(chunk)))
+        n = chunk.size
+        mean = float(np.sum(chunk, dtype=np.float64)) / n
+        m2 = float(np.sum(np.square(chunk.astype(np.float64) - mean)))
+        total = self.voxels + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.voxels * n / total
+        self.voxels = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.voxels) if self.voxels else 0.0
+
+    def uint8_lossless(self) -> bool:
+        return self.integral and self.lo >= 0 and self.hi <= 255
+
+    def compact_dtype(self) -> np.dtype:
+        """data.compact.compact_image_dtype's choice, from the streamed range."""
+        dtype = np.dtype(self.dtype)
+        if dtype in (np.uint8, np.uint16):
+            return dtype
+        if self.nonfinite or (dtype.kind == "f" and not self.integral):
+            return np.dtype(np.float32)
+        lo, hi = (self.lo, self.hi) if self.voxels else (0, 0)
+        if lo >= 0 and hi <= 255:
+            return np.dtype(np.uint8)
+        if lo >= 0 and hi <= 65535:
+            return np.dtype(np.uint16)
+        if lo >= -32768 and hi <= 32767:
+            return np.dtype(np.int16)
+        return np.dtype(np.float32)
+
+
+@dataclass
+class LabelScan:
+    """Voxels per label value 0..MAX_LABEL, and every value outside that range."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(MAX_LABEL + 1, np.int64))
+    bad: set[int] = field(default_factory=set)
+
+    def add(self, chunk: np.ndarray) -> None:
+        if chunk.size == 0:
+            return
+        if chunk.min() < 0 or chunk.max() > MAX_LABEL:
+            outside = (chunk < 0) | (chunk > MAX_LABEL)
+            self.bad.update(int(v) for v in np.unique(chunk[outside]))
+            chunk = chunk[~outside]
+        self.counts += np.bincount(chunk.astype(np.int64), minlength=MAX_LABEL + 1)[: MAX_LABEL + 1]
+
+
+def scan_image(path: str | Path) -> ImageScan:
+    scan = ImageScan()
+    for chunk in stream_voxels(path):
+        scan.add(chunk)
+    return scan
+
+
+def scan_label(path: str | Path) -> LabelScan:
+    scan = LabelScan()
+    for chunk in stream_voxels(path):
+        scan.add(chunk)
+    return scan
