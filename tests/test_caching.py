@@ -96,6 +96,31 @@ def test_store_without_index_is_rebuilt(inventory, tmp_path):
     assert not ensure_store(tmp_path, rows).reused
 
 
+def test_a_parallel_build_writes_the_same_bytes_as_a_serial_one(inventory, tmp_path):
+    rows = inventory.head(5).to_dict("records")
+    serial = ensure_store(tmp_path / "one", rows, workers=1)
+    pooled = ensure_store(tmp_path / "two", rows, workers=3)
+    assert (serial.path / "data.bin").read_bytes() == (pooled.path / "data.bin").read_bytes()
+    source = StoreSource(pooled.path)
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(source.get(i).image, load_volume(row).image)
+
+
+def test_a_new_store_removes_stale_ones_but_never_one_in_use(inventory, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cellmapseg.data.store")
+    old = ensure_store(tmp_path, inventory.head(2).to_dict("records"))
+    held = ensure_store(tmp_path, inventory.head(3).to_dict("records"))
+    assert not old.path.exists()
+    in_use = StoreSource(held.path)  # a running job maps this one
+    new = ensure_store(tmp_path, inventory.head(4).to_dict("records"))
+    assert held.path.is_dir() and new.path.is_dir()
+    assert f"removed the stale store {old.path}" in caplog.text
+    assert f"store {held.path} is in use by another process: kept" in caplog.text
+    del in_use  # its process lets go: the next build removes it
+    ensure_store(tmp_path, inventory.head(1).to_dict("records"))
+    assert not held.path.exists() and not new.path.exists()
+
+
 def test_changed_crops_get_a_different_store(inventory, tmp_path):
     a = ensure_store(tmp_path, inventory.head(2).to_dict("records"))
     b = ensure_store(tmp_path, inventory.head(3).to_dict("records"))

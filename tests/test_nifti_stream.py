@@ -67,3 +67,10 @@ def test_the_predict_stage_image_copy_equals_the_crop(tmp_path):
     assert regions.shape == image.shape
     np.testing.assert_array_equal(regions[:, :, :], image.astype(np.uint8))
     np.testing.assert_array_equal(regions[3:9, 2:20, 5:6], image[3:9, 2:20, 5:6])
+
+
+def test_a_corner_is_read_from_the_first_planes_only(tmp_path):
+    image = np.random.default_rng(2).integers(0, 253, (30, 20, 40)).astype(np.float32)
+    path = write(tmp_path / "big.nii.gz", image)
+    np.testing.assert_array_equal(nifti.read_corner(path, 8), image[:8, :8, :8])
+    np.testing.assert_array_equal(nifti.read_corner(path, 64), image)

@@ -64,11 +64,16 @@ def select_caching(cfg: Config, memory: Path, out: Path) -> None:
 def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: Path,
           threads: int | None = None) -> None:
     """Check what can be checked before any GPU work, then start the ranks with torchrun."""
-    from cellmapseg.runtime.torchrun import run_logged, threads_per_rank, torchrun_command
-    from cellmapseg.train.preflight import check_training
+    from cellmapseg.runtime.torchrun import (
+        run_logged,
+        threads_per_rank,
+        torchrun_command,
+        usable_cpus,
+    )
+    from cellmapseg.train.preflight import prepare_training
 
     m = cfg.model(model)
-    check_training(cfg, m, inventory_csv, caching)
+    prepare_training(cfg, m, inventory_csv, caching, usable_cpus(threads))
     files = TrainFiles(out_dir)
     config_mod.write_resolved(cfg, files.config)
     world = cfg.train.world_size

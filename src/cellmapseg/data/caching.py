@@ -81,20 +81,34 @@ def open_source(strategy: str, crops: pd.DataFrame, cfg: CachingConfig,
     raise InputError(f"caching: unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
 
 
+def _store_plan(strategy: str, crops: pd.DataFrame, cfg: CachingConfig
+                ) -> tuple[str, list[Mapping[str, Any]]] | None:
+    """The folder and the crops of the store `strategy` uses, or None (no store)."""
+    rows = _rows(crops)
+    if strategy in ("B", "C"):
+        return (cfg.store_dir if strategy == "B" else cfg.disk_dir), rows
+    if strategy == "D":
+        large = [r for r in rows if not is_small(r, cfg)]
+        return (cfg.disk_dir, large) if large else None
+    return None
+
+
 def check_store_space(strategy: str, crops: pd.DataFrame, cfg: CachingConfig) -> None:
     """Before any rank starts: the store `strategy` builds from `crops` fits its folder (a
     complete store from an earlier run needs no space)."""
-    rows = _rows(crops)
-    if strategy in ("B", "C"):
-        root, stored = (cfg.store_dir if strategy == "B" else cfg.disk_dir), rows
-    elif strategy == "D":
-        root, stored = cfg.disk_dir, [r for r in rows if not is_small(r, cfg)]
-    else:
+    plan = _store_plan(strategy, crops, cfg)
+    if plan is None or not plan[1] or is_complete(store_path(*plan)):
         return
-    if not stored or is_complete(store_path(root, stored)):
-        return
-    Path(root).mkdir(parents=True, exist_ok=True)
-    check_space(Path(root), store_bytes(stored))
+    Path(plan[0]).mkdir(parents=True, exist_ok=True)
+    check_space(Path(plan[0]), store_bytes(plan[1]))
+
+
+def build_store(strategy: str, crops: pd.DataFrame, cfg: CachingConfig, workers: int) -> None:
+    """Build (or reuse) the store `strategy` uses, `workers` crops at a time, before the ranks
+    start: they then find it complete, and no rank builds while the others wait."""
+    plan = _store_plan(strategy, crops, cfg)
+    if plan is not None and plan[1]:
+        ensure_store(plan[0], plan[1], workers=workers)
 
 
 def is_small(row: Mapping[str, Any], cfg: CachingConfig) -> bool:

@@ -210,6 +210,25 @@ def _skip(stream: BinaryIO, n: int, path: Path) -> None:
         n -= got
 
 
+def read_corner(path: str | os.PathLike, size: int) -> np.ndarray:
+    """The sub-volume [:size, :size, :size] of a 3D NIfTI, read plane by plane: only the first
+    `size` planes along the last axis are decompressed, and one plane is held at a time."""
+    header = read_header(path)
+    shape = header.shape3d
+    if shape is None:
+        raise InputError(f"{path}: expected a 3D volume, got shape {header.shape}")
+    d, h, w = shape
+    planes = stream_voxels(path, chunk_bytes=d * h * header.dtype.itemsize)
+    out = None
+    for z, plane in zip(range(min(size, w)), planes, strict=False):
+        cut = plane.reshape(d, h, order="F")[:size, :size]
+        if out is None:
+            out = np.empty((*cut.shape, min(size, w)), dtype=cut.dtype)
+        out[:, :, z] = cut
+    planes.close()  # stop decompressing: the rest of the file is not needed
+    return out
+
+
 def stream_to_npy(path: str | os.PathLike, dtype: np.dtype, dest: Path) -> ScratchArray:
     """Copy a NIfTI volume into `dest` (.npy in `dtype`), decompressing it once from start to
     end (`stream_voxels`): time linear in the crop, memory bounded by a chunk. The copy is then

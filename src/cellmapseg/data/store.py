@@ -1,14 +1,21 @@
 """A read-only, memory-mappable store of compact crops: one data file plus an index.
 
 Layout of `<dir>/cellmapseg-store-<fingerprint>/`:
-  data.bin    every crop's image (compact dtype) then label (uint8), C order, each 4 KiB-aligned
+  data.bin    every crop's image (compact dtype) then label (uint8), Fortran order (the order of
+              the NIfTI files, so each is streamed straight in), each 4 KiB-aligned
   index.json  written last: fingerprint, total size, per-crop shape/dtype/offsets/statistics
 
 A store is complete when index.json exists, its fingerprint matches the crops asked for and
 data.bin has the recorded size; anything else (a killed build, a truncated file) is rebuilt.
-Builds take an exclusive file lock, so ranks that race wait for the first and then reuse it.
-Mapping the file read-only (mmap ACCESS_READ) means no process ever writes a page, so the page
-cache (or tmpfs) holds one copy that every rank and DataLoader worker shares.
+The build writes each crop in place at its offset, `workers` crops at a time, decompressing each
+file once (no whole crop in memory, no second copy). Builds take an exclusive file lock, so
+processes that race wait for the first and then reuse it. Mapping the file read-only (mmap
+ACCESS_READ) means no process ever writes a page, so the page cache (or tmpfs) holds one copy
+that every rank and DataLoader worker shares.
+
+A process that maps a store holds a shared lock on its `inuse.lock`. Building a store removes
+the other stores in its folder (older fingerprints: 80 GB each in /dev/shm at the real scale)
+unless one of them is in use.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import mmap
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +38,14 @@ from typing import Any
 import numpy as np
 
 from cellmapseg.atomic import write_json
-from cellmapseg.data.loading import load_volume, mask_from_string
+from cellmapseg.data import nifti
+from cellmapseg.data.loading import mask_from_string
 from cellmapseg.data.volumes import Volume
 from cellmapseg.errors import InputError
 
 ALIGN = 4096
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+log = logging.getLogger(__name__)
 
 
 def _aligned(n: int) -> int:
@@ -69,8 +80,11 @@ class StoreInfo:
     total_bytes: int
 
 
+PREFIX = "cellmapseg-store-"
+
+
 def store_path(root: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    return Path(root) / f"cellmapseg-store-{fingerprint(rows)}"
+    return Path(root) / f"{PREFIX}{fingerprint(rows)}"
 
 
 def is_complete(path: Path, fp: str | None = None) -> bool:
@@ -99,16 +113,43 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_store(root: str | Path, rows: Sequence[Mapping[str, Any]]) -> StoreInfo:
-    """Reuse the complete store for `rows` under `root`, or (re)build it."""
+def ensure_store(root: str | Path, rows: Sequence[Mapping[str, Any]],
+                 workers: int = 1) -> StoreInfo:
+    """Reuse the complete store for `rows` under `root`, or (re)build it from `workers` crops
+    at a time (after removing the folder's stores of other fingerprints that nothing maps)."""
     rows = list(rows)
     fp = fingerprint(rows)
-    path = Path(root) / f"cellmapseg-store-{fp}"
+    path = Path(root) / f"{PREFIX}{fp}"
     with _locked(path):
         if is_complete(path, fp):
             return StoreInfo(path, reused=True, total_bytes=store_bytes(rows))
-        _build(path, rows, fp)
+        remove_stale(Path(root), keep=path)
+        _build(path, rows, fp, workers)
     return StoreInfo(path, reused=False, total_bytes=store_bytes(rows))
+
+
+def _in_use(path: Path) -> Path:
+    return path / "inuse.lock"
+
+
+def remove_stale(root: Path, keep: Path) -> list[Path]:
+    """Remove the stores in `root` other than `keep` that no process maps; return them."""
+    removed = []
+    for other in sorted(root.glob(f"{PREFIX}*")):
+        if other == keep or not other.is_dir():
+            continue
+        with open(_in_use(other), "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("store %s is in use by another process: kept", other)
+                continue
+            size = sum(f.stat().st_size for f in other.iterdir() if f.is_file())
+            shutil.rmtree(other)
+            other.with_name(other.name + ".lock").unlink(missing_ok=True)
+        log.info("removed the stale store %s (%s; another set of crops)", other, _size(size))
+        removed.append(other)
+    return removed
 
 
 def _size(n: float) -> str:
@@ -129,18 +170,24 @@ def check_space(path: Path, needed: int) -> None:
         )
 
 
-def _build(path: Path, rows: list[Mapping[str, Any]], fp: str) -> None:
+def _build(path: Path, rows: list[Mapping[str, Any]], fp: str, workers: int) -> None:
     if path.exists():
         shutil.rmtree(path)  # incomplete or stale: never patch a store in place
     total = store_bytes(rows)
     check_space(path.parent, total)
     path.mkdir(parents=True)
     tmp = path / "data.bin.tmp"
-    crops = []
+    entries, offset = [], 0
+    for row in rows:
+        entry = _entry(row, offset)
+        entries.append(entry)
+        offset = entry["label_offset"] + _aligned(int(np.prod(entry["shape"])))
     try:
         with open(tmp, "wb") as fh:
-            for row in rows:
-                crops.append(_append_crop(fh, row))
+            fh.truncate(total)  # sparse: every crop is written at its offset below
+            fd = fh.fileno()
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rows)))) as pool:
+                list(pool.map(lambda job: _write_crop(fd, *job), zip(rows, entries, strict=True)))
         os.replace(tmp, path / "data.bin")
     except OSError as exc:
         shutil.rmtree(path, ignore_errors=True)
@@ -152,22 +199,38 @@ def _build(path: Path, rows: list[Mapping[str, Any]], fp: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         raise
     write_json(path / "index.json", {
-        "version": FORMAT_VERSION, "fingerprint": fp, "total_bytes": total, "crops": crops,
+        "version": FORMAT_VERSION, "fingerprint": fp, "total_bytes": total, "crops": entries,
     })
 
 
-def _append_crop(fh, row: Mapping[str, Any]) -> dict[str, Any]:  # binary file
-    volume = load_volume(row)
-    entry = {
-        "name": volume.name, "shape": list(volume.shape), "image_dtype": volume.image.dtype.str,
-        "mean": volume.mean, "std": volume.std,
-        "annotated_classes": [int(i) for i in np.flatnonzero(volume.annotation_mask)],
+def _entry(row: Mapping[str, Any], offset: int) -> dict[str, Any]:
+    shape = [int(row["d"]), int(row["h"]), int(row["w"])]
+    dtype = np.dtype(row["compact_image_dtype"])
+    text = row["annotated_classes"]
+    mask = mask_from_string(text if isinstance(text, str) else "",
+                            f"crop {row['crop']}: annotated_classes")
+    return {
+        "name": str(row["crop"]), "shape": shape, "image_dtype": dtype.str,
+        "mean": float(row["image_mean"]), "std": float(row["image_std"]),
+        "annotated_classes": [int(i) for i in np.flatnonzero(mask)],
+        "image_offset": offset,
+        "label_offset": offset + _aligned(int(np.prod(shape)) * dtype.itemsize),
     }
-    for key, array in (("image_offset", volume.image), ("label_offset", volume.label)):
-        entry[key] = fh.tell()
-        fh.write(np.ascontiguousarray(array).tobytes())
-        fh.write(b"\0" * (_aligned(array.nbytes) - array.nbytes))
-    return entry
+
+
+def _write_crop(fd: int, row: Mapping[str, Any], entry: Mapping[str, Any]) -> None:
+    """Stream one crop's image and label into the store at their offsets (os.pwrite: the
+    workers share one file descriptor)."""
+    voxels = int(np.prod(entry["shape"]))
+    for key, dtype, offset in (("image", np.dtype(entry["image_dtype"]), entry["image_offset"]),
+                               ("label", np.dtype(np.uint8), entry["label_offset"])):
+        written = 0
+        for chunk in nifti.stream_voxels(row[key]):
+            data = np.ascontiguousarray(chunk.astype(dtype, copy=False))
+            os.pwrite(fd, memoryview(data), offset + written * dtype.itemsize)
+            written += data.size
+        if written != voxels:
+            raise InputError(f"{row[key]}: {written} voxels, the inventory says {voxels}")
 
 
 class StoreSource:
@@ -186,11 +249,19 @@ class StoreSource:
             raise InputError(f"caching: store {self.path} lacks crops {missing}")
         self._crops = [by_name[n] for n in names] if names is not None else crops
         self._map: mmap.mmap | None = None
+        # While this object lives, no build in the same folder removes the store.
+        self._inuse: int | None = os.open(_in_use(self.path), os.O_CREAT | os.O_RDWR, 0o666)
+        fcntl.flock(self._inuse, fcntl.LOCK_SH)
+
+    def __del__(self) -> None:
+        if getattr(self, "_inuse", None) is not None:
+            os.close(self._inuse)  # releases the shared lock
 
     def __getstate__(self) -> dict[str, Any]:
         # Never pickle the mapping (it would copy the data into every DataLoader worker);
-        # each process maps the file itself on first access.
-        return {**self.__dict__, "_map": None}
+        # each process maps the file itself on first access. The in-use lock stays with the
+        # process that opened the store.
+        return {**self.__dict__, "_map": None, "_inuse": None}
 
     def __len__(self) -> int:
         return len(self._crops)
@@ -211,7 +282,8 @@ class StoreSource:
         c = self._crops[index]
         buf, shape = self._mapping(), tuple(c["shape"])
         image = np.frombuffer(buf, np.dtype(c["image_dtype"]), int(np.prod(shape)),
-                              c["image_offset"]).reshape(shape)
-        label = np.frombuffer(buf, np.uint8, int(np.prod(shape)), c["label_offset"]).reshape(shape)
+                              c["image_offset"]).reshape(shape, order="F")
+        label = np.frombuffer(buf, np.uint8, int(np.prod(shape)),
+                              c["label_offset"]).reshape(shape, order="F")
         mask = mask_from_string(",".join(map(str, c["annotated_classes"])), c["name"])
         return Volume(c["name"], image, label, mask, float(c["mean"]), float(c["std"]))

@@ -18,11 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 
 from cellmapseg.atomic import write_json
 from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import Config
+from cellmapseg.data import nifti
 from cellmapseg.data.caching import is_small
 from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.store import ensure_store, store_bytes
@@ -31,6 +34,7 @@ from cellmapseg.runtime.torchrun import torchrun_command
 
 log = logging.getLogger(__name__)
 MEASURED = ("A", "B", "C", "D")
+SPEC_SIDE = 96  # the spec-baseline corner: at most 96^3 voxels (0.9 M; ~55 MB cached)
 VERSION = 1
 
 
@@ -114,18 +118,26 @@ def measure(strategy: str, rows: pd.DataFrame, caching: dict[str, Any], nproc: i
     return summarise_ranks(json.loads(out.read_text()), int(rows["voxels"].sum()))
 
 
-def spec_cache_one_crop(row: dict[str, Any]) -> dict[str, Any]:
-    """What the spec's CacheDataset holds for one crop, measured in this process."""
+def spec_cache_one_crop(row: dict[str, Any], side: int = SPEC_SIDE) -> dict[str, Any]:
+    """What the spec's CacheDataset holds per voxel, measured in this process on a bounded
+    corner of one crop (at most side^3 voxels: its cost per voxel does not depend on the size,
+    and the whole of a large crop would take about 116 bytes per voxel here)."""
     from cellmapseg.probe.spec_baseline import cached_nbytes, spec_cache, spec_static_transforms
 
     spec_static_transforms()  # import MONAI first: its libraries are not the cache
-    before = smaps.read()
-    items = spec_cache([{"image": row["image"], "label": row["label"]}])
-    after = smaps.read()
+    with tempfile.TemporaryDirectory(prefix="cellmapseg-spec-") as tmp:
+        files = {}
+        for key in ("image", "label"):
+            corner = nifti.read_corner(row[key], side)
+            files[key] = str(Path(tmp) / f"{key}.nii.gz")
+            nib.save(nib.Nifti1Image(corner, np.eye(4)), files[key])
+        voxels = int(corner.size)
+        before = smaps.read()
+        items = spec_cache([files])
+        after = smaps.read()
     nbytes = cached_nbytes(items)
-    voxels = int(row["voxels"])
-    result = {"crop": row["crop"], "voxels": voxels, "cached_bytes": nbytes,
-              "cached_bytes_per_voxel": nbytes / voxels,
+    result = {"crop": row["crop"], "region": list(corner.shape), "voxels": voxels,
+              "cached_bytes": nbytes, "cached_bytes_per_voxel": nbytes / voxels,
               "uss_delta_bytes": (after - before).uss,
               "uss_bytes_per_voxel": (after - before).uss / voxels}
     del items
