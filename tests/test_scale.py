@@ -1,0 +1,51 @@
+"""A crop of 132 M voxels (384 x 384 x 896) through validation, prediction and scoring, each
+stage in a process of its own under a hard memory limit of 3 GiB (a memory cgroup as root,
+else an address-space limit), by benchmarks/scale.py. Before memory was bounded by a block,
+validation held ~300 bytes per voxel (~37 GiB here) and scoring whole int32/int64 volumes.
+
+The crop's nuclei are found exactly by the 1x1x1 network, so scoring must give them F1 = 1, and
+validation's tp/fp/fn per class must equal the scoring of the same prediction.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cellmapseg.classes import CLASS_NAMES
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+LIMIT = 3 * 2**30
+VOXELS = 128 * 2**20
+
+
+def load_benchmark():  # a module
+    spec = importlib.util.spec_from_file_location("scale", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_a_128m_voxel_crop_is_validated_predicted_and_scored_within_3_gib(tmp_path):
+    scale = load_benchmark()
+    # overlap 0: the same blocks and memory, a quarter of the windows (CI time)
+    run = scale.run_size(VOXELS, tmp_path, limit=LIMIT, timeout=1500, overlap=0.0)
+    assert run["crop"]["voxels"] >= VOXELS
+    for stage in ("validation", "prediction", "scoring"):
+        r = run["stages"][stage]
+        print(f"{stage}: {r['seconds']:.0f} s, VmHWM {r['vm_hwm_bytes'] / 2**30:.2f} GiB, "
+              f"private {r['peak_private_bytes'] / 2**30:.2f} GiB ({r['limit']})")
+        assert r["vm_hwm_bytes"] < LIMIT, stage
+    table = pd.read_csv(tmp_path / "eval.csv")
+    nuc = table[table["class"] == "nuc"].iloc[0]
+    assert nuc["n_true"] > 10 and nuc["f1"] == 1.0 and nuc["fp"] == nuc["fn"] == 0
+    counts = json.loads((tmp_path / "validation_counts.json").read_text())
+    semantic = table[table["kind"] == "semantic"]
+    assert len(semantic) >= 3
+    for _, row in semantic.iterrows():
+        assert counts[CLASS_NAMES.index(row["class"])] == [row["tp"], row["fp"], row["fn"]]
