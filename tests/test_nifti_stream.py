@@ -74,3 +74,13 @@ def test_a_corner_is_read_from_the_first_planes_only(tmp_path):
     path = write(tmp_path / "big.nii.gz", image)
     np.testing.assert_array_equal(nifti.read_corner(path, 8), image[:8, :8, :8])
     np.testing.assert_array_equal(nifti.read_corner(path, 64), image)
+
+
+def test_axis0_slices_and_counts_are_streamed_from_the_file(tmp_path):
+    label = np.random.default_rng(3).integers(0, 15, (13, 17, 19)).astype(np.uint8)
+    path = write(tmp_path / "lab.nii.gz", label)
+    for index in (0, 6, 12):
+        np.testing.assert_array_equal(nifti.axis0_slice(path, index), label[index])
+    counts = nifti.axis0_counts(path, 256)
+    want = np.stack([np.bincount(s.ravel(), minlength=256) for s in label])
+    np.testing.assert_array_equal(counts, want)

@@ -218,6 +218,34 @@ def read_corner(path: str | os.PathLike, size: int) -> np.ndarray:
     return out
 
 
+def _rows_of_axis0(path: str | os.PathLike) -> tuple[tuple[int, int, int], Iterator[np.ndarray]]:
+    """The 3D shape, and the voxels as (k, d) blocks: each row is one (y, z) position, its d
+    entries the axis-0 line (chunks hold whole lines, ~8 MB each)."""
+    header = read_header(path)
+    shape = header.shape3d
+    if shape is None:
+        raise InputError(f"{path}: expected a 3D volume, got shape {header.shape}")
+    line = shape[0] * header.dtype.itemsize
+    chunks = stream_voxels(path, chunk_bytes=line * max(1, (8 << 20) // line))
+    return shape, (c.reshape(-1, shape[0]) for c in chunks)
+
+
+def axis0_counts(path: str | os.PathLike, values: int) -> np.ndarray:
+    """(d, values) voxels per (axis-0 index, label value), in one streamed pass."""
+    shape, rows = _rows_of_axis0(path)
+    counts = np.zeros((shape[0], values), np.int64)
+    for block in rows:
+        for v in np.unique(block):
+            counts[:, int(v)] += np.count_nonzero(block == v, axis=0)
+    return counts
+
+
+def axis0_slice(path: str | os.PathLike, index: int) -> np.ndarray:
+    """volume[index] (shape (h, w)), in one streamed pass holding only that slice."""
+    shape, rows = _rows_of_axis0(path)
+    return np.concatenate([block[:, index] for block in rows]).reshape(shape[1:], order="F")
+
+
 def stream_to_npy(path: str | os.PathLike, dtype: np.dtype, dest: Path) -> ScratchArray:
     """Copy a NIfTI volume into `dest` (.npy in `dtype`), decompressing it once from start to
     end (`stream_voxels`): time linear in the crop, memory bounded by a chunk. The copy is then

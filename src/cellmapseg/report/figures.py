@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import zarr
@@ -26,7 +25,6 @@ from cellmapseg import layout
 from cellmapseg.atomic import atomic_path
 from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
 from cellmapseg.data import nifti, predictions
-from cellmapseg.data.compact import to_compact_label
 from cellmapseg.data.inventory import CROP_COLUMNS, require_columns
 from cellmapseg.data.loading import mask_from_string
 from cellmapseg.errors import InputError
@@ -308,23 +306,18 @@ def examples_figure(store_path: Path, inventory: pd.DataFrame, model: str,
     return fig, [str(c) for c in rows["crop"]]
 
 
-def _image_slice(path: Path, index: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """One slice along axis 0 through nibabel's lazy proxy: only that slice is held in memory
-    (the whole float32 image would be 4 bytes per voxel). NIfTI is stored Fortran-ordered, so the
-    file is still decompressed end to end; this saves memory, not reading time."""
-    header = nifti.read_header(path)  # one-line InputError for a missing or damaged file
-    if header.shape3d != shape:
-        raise InputError(f"{path}: image shape {header.shape} != inventory shape {shape}")
-    return np.asarray(nib.load(path).dataobj[index], dtype=np.float32).reshape(shape[1:])
-
-
 def _best_slice(label: np.ndarray) -> int:
-    """Index along axis 0 showing the most annotated classes, then the most foreground.
+    """`_pick_slice` of a label already in memory."""
+    return _pick_slice(np.stack([np.bincount(s.ravel(), minlength=256) for s in label]))
+
+
+def _pick_slice(counts: np.ndarray) -> int:
+    """Index along axis 0 showing the most annotated classes, then the most foreground, from
+    the (slices, label values) voxel counts.
 
     Foreground alone picks slices filled by one large class (ecs covers whole slices of the
     synthetic crops), which say little; the class count comes first for that reason.
     """
-    counts = np.stack([np.bincount(s.ravel(), minlength=256) for s in label])  # one pass
     classes = np.count_nonzero(counts[:, 1:], axis=1)
     foreground = counts[:, 1:].sum(axis=1)
     return int(np.lexsort((-foreground, -classes))[0])  # last key sorts first
@@ -334,15 +327,15 @@ def _crop_row(sub: SubFigure, store: zarr.Group, path: Path, row: pd.Series) -> 
     shape = (int(row["d"]), int(row["h"]), int(row["w"]))
     arrays = predictions.crop_arrays(store, path, str(row["crop_id"]), str(row["crop"]),
                                      shape, CLASS_NAMES)
-    # The whole label (uint8, 1 byte/voxel) is read because choosing the slice needs every
-    # slice's foreground count; a real crop of 10^9 voxels would need a streamed count instead.
-    label = to_compact_label(nifti.load_array(row["label"]))
-    if label.shape != shape:
-        raise InputError(f"{row['label']}: label shape {label.shape} != inventory shape {shape}")
-    z = _best_slice(label)
-    truth = np.array(label[z])
-    del label
-    image = _image_slice(Path(row["image"]), z, shape)
+    # Streamed, one slice at a time: counts per slice to choose it, then the slice itself.
+    for key in ("label", "image"):
+        header = nifti.read_header(row[key])  # one line for a missing or damaged file
+        if header.shape3d != shape:
+            raise InputError(f"{row[key]}: {key} shape {header.shape} != inventory shape "
+                             f"{shape}")
+    z = _pick_slice(nifti.axis0_counts(row["label"], 256))
+    truth = nifti.axis0_slice(row["label"], z).astype(np.uint8)
+    image = nifti.axis0_slice(row["image"], z).astype(np.float32)
     preds = {name: np.asarray(arr[z]) for name, arr in arrays.items()}  # reads only slice z
     text = row["annotated_classes"]
     annotated = mask_from_string(text if isinstance(text, str) else "",
