@@ -204,10 +204,11 @@ def run_stage(stage: str, work: Path) -> None:
         (work / "validation_counts.json").write_text(json.dumps(counts.tolist()))
     elif stage == "prediction":
         from cellmapseg.data import predictions
-        from cellmapseg.predict.crops import predict_crop
+        from cellmapseg.predict.crops import crop_image, predict_crop
 
-        with predictions.writing(work / "predictions.zarr") as root:
-            instances = predict_crop(net, row, inference_cfg(settings), roi, root, work,
+        with predictions.writing(work / "predictions.zarr") as root, \
+                crop_image(row, work, None) as (image, _):  # from the NIfTI: the stage's cost
+            instances = predict_crop(net, row, image, inference_cfg(settings), roi, root,
                                      torch.device("cpu"))
         (work / "instances.json").write_text(json.dumps(instances))
     elif stage == "scoring":

@@ -16,7 +16,8 @@ from conftest import tiny_model
 from cellmapseg import stages
 from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.config import from_dict, load, to_dict
-from cellmapseg.data.inventory import write_inventory
+from cellmapseg.data.inventory import read_inventory, write_inventory
+from cellmapseg.data.store import ensure_store
 from cellmapseg.errors import InputError
 from cellmapseg.synthetic.generate import generate
 
@@ -46,9 +47,10 @@ def trained(tmp_path_factory):
     return root, load(root / "config.yaml")
 
 
-def predict(cfg, model, summary, inventory, out, crops=None):
+def predict(cfg, model, summary, inventory, out, crops=None, caching=None):
     """The predict stage with the workflow's manifest beside the store."""
-    stages.predict(cfg, model, summary, inventory, out, out.parent / "manifest.json", crops)
+    stages.predict(cfg, model, summary, inventory, out, out.parent / "manifest.json", crops,
+                   caching)
 
 
 def test_predictions_follow_the_challenge_layout(trained):
@@ -127,3 +129,24 @@ def test_a_gpu_config_without_a_cuda_device_stops_predict_in_one_line(trained, t
         predict(gpu, "tiny", root / "tiny/train/summary.json", root / "inventory.csv",
                 tmp_path / "p.zarr")
     assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "manifest.json").exists()
+
+
+def test_images_the_training_store_holds_are_read_there_with_the_same_result(trained, tmp_path):
+    root, cfg = trained
+    inv = read_inventory(root / "inventory.csv")
+    selection = {"strategy": "B", "store_dir": str(tmp_path / "shm"),
+                 "disk_dir": str(tmp_path / "disk"), "d_threshold_mb": 500}
+    (tmp_path / "caching.json").write_text(json.dumps(selection))
+    summary = root / "tiny/train/summary.json"
+    predict(cfg, "tiny", summary, root / "inventory.csv", tmp_path / "a/p.zarr",
+            caching=tmp_path / "caching.json")  # no store on this node yet: the NIfTI files
+    ensure_store(tmp_path / "shm", inv.to_dict("records"))
+    predict(cfg, "tiny", summary, root / "inventory.csv", tmp_path / "b/p.zarr",
+            caching=tmp_path / "caching.json")
+    sources = [json.loads((tmp_path / f"{x}/manifest.json").read_text())["image_sources"]
+               for x in "ab"]
+    assert set(sources[0].values()) == {"nifti"} and set(sources[1].values()) == {"training store"}
+    a, b = zarr.open_group(str(tmp_path / "a/p.zarr")), zarr.open_group(str(tmp_path / "b/p.zarr"))
+    for crop in a.group_keys():
+        for name in CLASS_NAMES:
+            np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])

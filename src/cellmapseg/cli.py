@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
             cfg, model, r.train(model).summary, args.inventory,
             args.out or r.predictions(model),
             (args.out.parent / r.manifest(model).name) if args.out else r.manifest(model),
-            args.crops),
+            args.crops, r.caching if r.caching.is_file() else None),
         "evaluate": lambda: stages.evaluate(
             cfg, r.predictions(model), args.inventory, r.eval_csv(model), r.eval_summary(model),
             args.crops),

@@ -86,18 +86,22 @@ def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: 
 
 
 def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, out: Path,
-            manifest: Path, crops: Sequence[str] | None = None) -> None:
-    """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint."""
+            manifest: Path, crops: Sequence[str] | None = None,
+            caching: Path | None = None) -> None:
+    """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint;
+    with the `caching` decision, images the training store holds on this node are read there."""
     from cellmapseg.atomic import write_json
     from cellmapseg.data.inventory import read_inventory
     from cellmapseg.predict.crops import predict_crops
+    from cellmapseg.probe.select import read_selection
 
     m = cfg.model(model)
     out, train_summary = Path(out), Path(train_summary)
     summary = read_json(train_summary)
     config_mod.write_resolved(cfg, predictions_config(out))
     ckpt = train_summary.parent / summary["checkpoint_best"]
-    result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops)
+    selection = read_selection(caching) if caching is not None else None
+    result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops, selection)
     write_json(manifest, result)
     log.info("predicted %d crop(s) with %s: %s", len(result["crops"]), model, out)
 

@@ -6,6 +6,7 @@ rule predict:
     input:
         summary=rules.train.output.summary,
         inventory=rules.inventory.output.csv,
+        caching=rules.select_caching.output.json,  # images the training store holds
     output:
         zarr=directory(str(R.predictions("{model}"))),
         manifest=str(R.manifest("{model}")),

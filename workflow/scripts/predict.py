@@ -5,4 +5,5 @@ from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
     stages.predict(from_snakemake(snakemake), snakemake.wildcards.model, snakemake.input.summary,
-                   snakemake.input.inventory, snakemake.output.zarr, snakemake.output.manifest)
+                   snakemake.input.inventory, snakemake.output.zarr, snakemake.output.manifest,
+                   caching=snakemake.input.caching)

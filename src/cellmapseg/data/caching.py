@@ -13,6 +13,7 @@ All serve the compact arrays (smallest lossless image dtype, uint8 label):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,14 @@ class MixedSource:
     def get(self, index: int) -> Volume:
         kind, i = self._order[index]
         return self._ram[i] if kind == "ram" else self._disk.get(i)  # type: ignore[union-attr]
+
+
+def from_selection(cfg: CachingConfig, selection: Mapping[str, Any]) -> CachingConfig:
+    """The caching settings the selection stage decided on (it alone decides the strategy)."""
+    return dataclasses.replace(
+        cfg, strategy=selection["strategy"], store_dir=selection["store_dir"],
+        disk_dir=selection["disk_dir"], d_threshold_mb=selection["d_threshold_mb"],
+    )
 
 
 def _rows(frame: pd.DataFrame) -> list[Mapping[str, Any]]:
@@ -132,3 +141,16 @@ def _mixed(rows: list[Mapping[str, Any]], everything: list[Mapping[str, Any]],
         else:
             order.append(("disk", large_index[r["crop"]]))
     return MixedSource(order, ram, disk)
+
+
+def stored_volume(strategy: str, crops: pd.DataFrame, cfg: CachingConfig,
+                  crop: str) -> Volume | None:
+    """The crop as the training store `strategy` built from `crops` holds it, if that store is
+    complete on this node (the predict job may run elsewhere than training did), else None."""
+    plan = _store_plan(strategy, crops, cfg)
+    if plan is None or crop not in {str(r["crop"]) for r in plan[1]}:
+        return None
+    path = store_path(*plan)
+    if not is_complete(path):
+        return None
+    return StoreSource(path, [crop], persistent=False).get(0)

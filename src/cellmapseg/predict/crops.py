@@ -8,8 +8,9 @@ uint32 connected-component ids (26-connectivity), labelled block by block and me
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
 from cellmapseg.config import Config, ModelConfig
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import nifti, predictions
+from cellmapseg.data.caching import from_selection, stored_volume
+from cellmapseg.data.volumes import Volume
 from cellmapseg.errors import InputError
 from cellmapseg.models import checkpoint
 from cellmapseg.models.net import Net
@@ -41,32 +44,45 @@ def load_model(model: ModelConfig, path: Path, device: torch.device) -> tuple[Ne
                                    "best_score": float(state["best_score"])}
 
 
-def predict_crop(net: Net, row: dict[str, Any], cfg: Config, roi: Sequence[int],
-                 root: zarr.Group, scratch: Path, device: torch.device) -> dict[str, int]:
-    image = nifti.stream_to_npy(row["image"], np.dtype(row["compact_image_dtype"]),
-                                scratch / f".{row['crop_id']}.npy")
+@contextlib.contextmanager
+def crop_image(row: dict[str, Any], scratch: Path, stored: Volume | None
+               ) -> Iterator[tuple[Any, str]]:
+    """(image, source) of a crop: the training store's copy when this node holds it (no
+    decompression; its pages are shared with training), else the NIfTI streamed once into a
+    scratch .npy beside the output, removed afterwards."""
+    if stored is not None:
+        yield stored.image, "training store"
+        return
+    copy = scratch / f".{row['crop_id']}.npy"
     try:
-        if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
-            raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
-                             "inventory")
-        arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm)
-        counts = dict.fromkeys(INSTANCE_CLASSES, 0)
-        block = [cfg.inference.block_size] * 3
-        flips = FLIPS if cfg.inference.tta_flips else ((),)
-        with torch.no_grad():
-            for core, logits in predict_blocks(net.predict, image, float(row["image_mean"]),
-                                               float(row["image_std"]), roi, cfg.inference,
-                                               block, device, flips):
-                binary = binarise(logits[None], cfg.inference.thresholds())[0].numpy()
-                for c, name in enumerate(CLASS_NAMES):
-                    if name in counts:
-                        arrays[name][core], n = label_block(binary[c], counts[name])
-                        counts[name] += n
-                    else:
-                        arrays[name][core] = binary[c].astype(np.uint8)
-        return {name: merge(arrays[name], block, counts[name]) for name in counts}
+        yield nifti.stream_to_npy(row["image"], np.dtype(row["compact_image_dtype"]), copy), "nifti"
     finally:
-        image.path.unlink(missing_ok=True)
+        copy.unlink(missing_ok=True)
+
+
+def predict_crop(net: Net, row: dict[str, Any], image: Any, cfg: Config, roi: Sequence[int],
+                 root: zarr.Group, device: torch.device) -> dict[str, int]:
+    """Predict one crop's `image` (any array read a region at a time) into `root`; return the
+    number of instances per instance class."""
+    if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
+        raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
+                         "inventory")
+    arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm)
+    counts = dict.fromkeys(INSTANCE_CLASSES, 0)
+    block = [cfg.inference.block_size] * 3
+    flips = FLIPS if cfg.inference.tta_flips else ((),)
+    with torch.no_grad():
+        for core, logits in predict_blocks(net.predict, image, float(row["image_mean"]),
+                                           float(row["image_std"]), roi, cfg.inference,
+                                           block, device, flips):
+            binary = binarise(logits[None], cfg.inference.thresholds())[0].numpy()
+            for c, name in enumerate(CLASS_NAMES):
+                if name in counts:
+                    arrays[name][core], n = label_block(binary[c], counts[name])
+                    counts[name] += n
+                else:
+                    arrays[name][core] = binary[c].astype(np.uint8)
+    return {name: merge(arrays[name], block, counts[name]) for name in counts}
 
 
 def prediction_device(cfg: Config) -> torch.device:
@@ -83,21 +99,31 @@ def prediction_device(cfg: Config) -> torch.device:
 
 
 def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.DataFrame,
-                  out: Path, crops: Sequence[str] | None = None) -> dict[str, Any]:
-    """Predict the validation crops (or `crops`) into the store `out`; return the manifest."""
+                  out: Path, crops: Sequence[str] | None = None,
+                  selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Predict the validation crops (or `crops`) into the store `out`; return the manifest.
+    With the caching `selection` training used, a crop its store holds on this node is read
+    from there instead of its NIfTI."""
     device = prediction_device(cfg)
     net, info = load_model(model, ckpt, device)
     rows = inventory_mod.select(inventory, crops, "predict").to_dict("records")
-    instances = {}
+    settings = from_selection(cfg.caching, selection) if selection else None
+    instances, sources = {}, {}
     with predictions.writing(out) as root:
         for row in rows:
-            log.info("predicting %s with %s", row["crop"], model.name)
-            instances[row["crop_id"]] = predict_crop(net, row, cfg, model.roi_size, root,
-                                                     out.parent, device)
+            stored = (stored_volume(settings.strategy, inventory, settings, str(row["crop"]))
+                      if settings else None)
+            with crop_image(row, out.parent, stored) as (image, source):
+                log.info("predicting %s with %s (image from the %s)", row["crop"], model.name,
+                         source)
+                instances[row["crop_id"]] = predict_crop(net, row, image, cfg, model.roi_size,
+                                                         root, device)
+            sources[row["crop_id"]] = source
         manifest = {
             "model": model.name, "checkpoint": str(ckpt), **info, "device": device.type,
             "crops": [r["crop_id"] for r in rows], "crop_names": [r["crop"] for r in rows],
-            "instances": instances, "thresholds": cfg.inference.thresholds(),
+            "instances": instances, "image_sources": sources,
+            "thresholds": cfg.inference.thresholds(),
             "tta_flips": cfg.inference.tta_flips, "block_size": cfg.inference.block_size,
             "voxel_size": list(cfg.data.spacing_nm)}
         root.attrs.update(manifest)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellmapseg.config import Config, ModelConfig
-from cellmapseg.data.caching import open_source
+from cellmapseg.data.caching import from_selection, open_source
 from cellmapseg.data.sampling import EpochSampler, PatchDataset, collate_patches, seed_worker
 from cellmapseg.data.volumes import VolumeSource
 from cellmapseg.errors import ConfigError, InputError
@@ -24,14 +23,6 @@ class TrainData:
     sampler: EpochSampler
     validation: VolumeSource
     strategy: str
-
-
-def caching_from_selection(cfg: Config, selection: dict[str, Any]) -> Any:
-    """The caching settings the selection stage decided on (it alone decides the strategy)."""
-    return dataclasses.replace(
-        cfg.caching, strategy=selection["strategy"], store_dir=selection["store_dir"],
-        disk_dir=selection["disk_dir"], d_threshold_mb=selection["d_threshold_mb"],
-    )
 
 
 def steps_per_epoch(n_items: int, world: int, batch_size: int, accumulation: int) -> int:
@@ -57,7 +48,7 @@ def make_data(cfg: Config, m: ModelConfig, inventory: pd.DataFrame, selection: d
     if train_rows.empty or val_rows.empty:
         raise InputError("inventory: training needs at least one training and one validation crop")
     check_batch(m, len(train_rows), d.world)
-    caching = caching_from_selection(cfg, selection)
+    caching = from_selection(cfg.caching, selection)
     train_src = open_source(caching.strategy, train_rows, caching, store_rows=inventory)
     val_src = open_source(caching.strategy, val_rows, caching, store_rows=inventory)
     dataset = PatchDataset(train_src, m.roi_size, m.num_samples, m.train_sub_epochs, cfg.seed,
