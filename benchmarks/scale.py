@@ -10,6 +10,9 @@ the mapped store and files (shared, one copy per node) are reported apart, and V
 exact) beside them. Ratios between the sizes show linear time and flat memory.
 
     python benchmarks/scale.py --sizes 256M,1G [--json F] [--workdir DIR] [--overlap 0.25]
+                               [--stages prediction,scoring]
+
+--stages reports only those stages (the ones they need run first, unreported).
 """
 
 from __future__ import annotations
@@ -37,6 +40,17 @@ SPACING = (8.0, 8.0, 8.0)
 # 2 CPUs; the costs per window and per block follow from these and scale the same way.
 SETTINGS = {"roi": 64, "overlap": 0.25, "block": 128, "sw_batch": 4}
 NUC = 14  # label value of the instance class
+NEEDS = {"inventory": (), "store": ("inventory",), "validation": ("inventory", "store"),
+         "prediction": ("inventory",), "scoring": ("inventory", "prediction")}
+
+
+def stages_to_run(wanted: list[str]) -> tuple[str, ...]:
+    """`wanted` and the stages they need, in pipeline order."""
+    unknown = sorted(set(wanted) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"--stages: unknown {', '.join(unknown)} (known: {', '.join(STAGES)})")
+    needed = set(wanted).union(*(NEEDS[s] for s in wanted))
+    return tuple(s for s in STAGES if s in needed)
 
 
 def voxels(text: str) -> int:
@@ -314,6 +328,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     for key, value in SETTINGS.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--stages", default=",".join(STAGES), help="the stages to report")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     settings = {key: getattr(a, key) for key in SETTINGS}
@@ -321,11 +336,14 @@ def main() -> None:
         child(a.child[0], Path(a.child[1]), Path(a.child[2]))
         return
     sizes, runs = [voxels(s) for s in a.sizes.split(",")], []
+    wanted = [s for s in STAGES if s in a.stages.split(",")]
+    stages_to_run(a.stages.split(","))  # unknown names stop here
     base = Path(tempfile.mkdtemp(prefix="cellmapseg-scale-", dir=a.workdir))
     try:
         for n in sizes:
             work = base / f"size_{n}"
-            run = run_size(n, work, **settings)
+            run = run_size(n, work, stages_to_run(wanted), **settings)
+            run["stages"] = {s: run["stages"][s] for s in wanted}
             runs.append(run)
             shutil.rmtree(work)  # stores and predictions of GBs: one size at a time
             print(f"{run['crop']['voxels']:,} voxels {run['crop']['shape']}:")
@@ -342,7 +360,7 @@ def main() -> None:
             "mapped_bytes": [r["stages"][s]["peak_mapped_bytes"] for r in runs],
             "vm_hwm_bytes": [r["stages"][s]["vm_hwm_bytes"] for r in runs],
             "seconds_per_gvox": [r["stages"][s]["seconds"] / r["crop"]["voxels"] * 2**30
-                                 for r in runs]} for s in STAGES}}
+                                 for r in runs]} for s in wanted}}
     if len(runs) > 1:
         print(f"\nfrom {report['sizes'][0]:,} to {report['sizes'][-1]:,} voxels "
               f"({report['sizes'][-1] / report['sizes'][0]:.1f}x): goals memory <= 1.25x, "

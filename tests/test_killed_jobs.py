@@ -4,8 +4,8 @@ A tiny override of the embedded default runs the workflow up to the caching deci
 (`base`). From one copy of it, `results/tiny/eval.csv` runs uninterrupted: the reference (in
 the background, beside the killed run, to save time). Another copy is run with the same command
 and SIGKILLed three times: in training during epoch 2 (just after epoch 1 is checkpointed), in
-prediction once the first crop's group exists in predictions.zarr.tmp, and in scoring once the
-stage has started scoring. Two kinds of kill:
+prediction once Snakemake has finished the first crop's job (the rerun must predict only the
+others), and in scoring once a crop's scoring has started. Two kinds of kill:
 
 - the job only (training, scoring): every process under Snakemake (the stage's script, torchrun,
   the ranks) gets SIGKILL, as from the OOM killer or a node's job kill; Snakemake itself lives,
@@ -40,6 +40,7 @@ import torch
 import zarr
 
 from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.data.inventory import validation_crop_ids
 from cellmapseg.models import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,12 +243,14 @@ def killed_three_times(run: Path, background: Background) -> None:
     assert not (train / "summary.json").exists()
     assert 1 <= checkpoint.load(train / "checkpoints/last.pt")["epoch"] < EPOCHS
 
-    # 2. rerun: training resumes and finishes; prediction is killed inside its first crop
-    def predicting() -> bool:
-        tmp = preds / "predictions.zarr.tmp"
-        return tmp.is_dir() and any(p.is_dir() for p in tmp.iterdir())
+    # 2. rerun: training resumes and finishes; the whole run is killed once Snakemake has
+    #    finished the first crop's prediction job (one job per crop: a kill costs one crop)
+    out = run / "killed-run.out"
 
-    run_and_kill(run, predicting, "the first predicted crop", job_only=False)
+    def crop_predicted() -> bool:
+        return out.is_file() and "(Rule: predict_crop)" in out.read_text()
+
+    run_and_kill(run, crop_predicted, "the first predicted crop", job_only=False)
     reference = background.done()
     assert "resumed tiny" in (train / "train.log").read_text()
     summary = json.loads((train / "summary.json").read_text())
@@ -260,10 +263,14 @@ def killed_three_times(run: Path, background: Background) -> None:
         ours, theirs = (checkpoint.load(d / "checkpoints" / name) for d in (train, ref_train))
         assert tensors_equal(ours["model"], theirs["model"]), name
     assert not (preds / "predictions.zarr").exists() and not (preds / "manifest.json").exists()
+    crops = validation_crop_ids(run / "results/data/inventory.csv")
+    done = [c for c in crops if (preds / "crops" / f"{c}.json").is_file()]
+    assert done, "no crop's prediction survived the kill"
 
-    # 3. rerun: prediction redone; scoring killed once it has started on the crops
-    run_and_kill(run, lambda: (run / "results/tiny/eval.config.yaml").is_file(), "scoring",
-                 job_only=True)
+    # 3. rerun: only the crops not done are predicted; scoring killed once it has started
+    run_and_kill(run, lambda: any((run / "results/tiny/eval").glob("*.config.yaml")),
+                 "scoring", job_only=True)
+    assert out.read_text().count("rule predict_crop:") == len(crops) - len(done)
     assert (preds / "manifest.json").is_file()
     assert not (run / "results/tiny/eval.csv").exists(), "scoring finished before the kill"
     assert not (run / "results/tiny/eval_summary.json").exists()
@@ -271,8 +278,9 @@ def killed_three_times(run: Path, background: Background) -> None:
     # 4. the same command completes; everything equals the uninterrupted run
     complete(run)
     assert_same_predictions(reference, run)
-    assert sorted(p.name for p in preds.iterdir()) == sorted(
-        p.name for p in (reference / "results/tiny/predictions").iterdir())  # no scratch left
+    for folder in ("predictions", "predictions/crops", "eval"):  # no scratch left
+        assert sorted(p.name for p in (run / "results/tiny" / folder).iterdir()) == sorted(
+            p.name for p in (reference / "results/tiny" / folder).iterdir()), folder
     pd.testing.assert_frame_equal(pd.read_csv(reference / TARGET), pd.read_csv(run / TARGET),
                                   check_exact=True)
     assert (json.loads((run / "results/tiny/eval_summary.json").read_text())

@@ -16,9 +16,10 @@ from conftest import tiny_model
 from cellmapseg import stages
 from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.config import from_dict, load, to_dict
-from cellmapseg.data.inventory import read_inventory, write_inventory
+from cellmapseg.data.inventory import read_inventory, validation_crop_ids, write_inventory
 from cellmapseg.data.store import ensure_store
 from cellmapseg.errors import InputError
+from cellmapseg.layout import Results
 from cellmapseg.synthetic.generate import generate
 
 MODEL = tiny_model(ds_weights=[1.0], train_sub_epochs=1)
@@ -150,3 +151,74 @@ def test_images_the_training_store_holds_are_read_there_with_the_same_result(tra
     for crop in a.group_keys():
         for name in CLASS_NAMES:
             np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])
+
+
+def test_crops_predicted_and_scored_apart_gather_into_the_same_files(trained, tmp_path):
+    """The workflow's per-crop jobs (predict_crop, evaluate_crop, then the two gathers) give
+    the store, manifest, eval.csv and eval_summary.json that one run over every crop gives."""
+    root, cfg = trained
+    inv, summary = root / "inventory.csv", root / "tiny/train/summary.json"
+    whole = tmp_path / "whole/predictions.zarr"
+    predict(cfg, "tiny", summary, inv, whole)
+    stages.evaluate(cfg, whole, inv, tmp_path / "whole/eval.csv",
+                    tmp_path / "whole/eval_summary.json")
+    crops = validation_crop_ids(inv)
+    assert len(crops) >= 2
+    R = Results(tmp_path / "apart")
+    for crop in crops:
+        stages.predict(cfg, "tiny", summary, inv, R.crop_predictions("tiny", crop),
+                       R.crop_manifest("tiny", crop), [crop])
+        stages.evaluate_crop(cfg, R.crop_predictions("tiny", crop), inv, crop,
+                             R.crop_eval("tiny", crop))
+    stages.gather_predictions([R.crop_predictions("tiny", c) for c in crops],
+                              [R.crop_manifest("tiny", c) for c in crops],
+                              R.predictions("tiny"), R.manifest("tiny"))
+    stages.gather_scores(cfg, inv, [R.crop_eval("tiny", c) for c in crops], R.eval_csv("tiny"),
+                         R.eval_summary("tiny"))
+
+    assert R.eval_csv("tiny").read_bytes() == (tmp_path / "whole/eval.csv").read_bytes()
+    assert json.loads(R.eval_summary("tiny").read_text()) == \
+        json.loads((tmp_path / "whole/eval_summary.json").read_text())
+    assert json.loads(R.manifest("tiny").read_text()) == \
+        json.loads((whole.parent / "manifest.json").read_text())
+    a, b = zarr.open_group(str(whole), mode="r"), zarr.open_group(str(R.predictions("tiny")),
+                                                                mode="r")
+    assert sorted(b.group_keys()) == sorted(crops) and dict(b.attrs) == dict(a.attrs)
+    for crop in crops:
+        assert (R.predictions("tiny") / crop).is_symlink()  # linked, not copied
+        for name in CLASS_NAMES:
+            np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])
+    # The store still reads after results/ moves (the links are relative).
+    moved = tmp_path / "moved"
+    (tmp_path / "apart").rename(moved)
+    stages.evaluate(cfg, Results(moved).predictions("tiny"), inv, tmp_path / "m.csv",
+                    tmp_path / "m.json")
+    assert (tmp_path / "m.csv").read_bytes() == (tmp_path / "whole/eval.csv").read_bytes()
+
+
+def test_a_crop_predicted_with_another_checkpoint_stops_the_gather(trained, tmp_path):
+    root, cfg = trained
+    inv, summary = root / "inventory.csv", root / "tiny/train/summary.json"
+    R = Results(tmp_path)
+    crops = validation_crop_ids(inv)[:2]
+    for crop in crops:
+        stages.predict(cfg, "tiny", summary, inv, R.crop_predictions("tiny", crop),
+                       R.crop_manifest("tiny", crop), [crop])
+    other = json.loads(R.crop_manifest("tiny", crops[1]).read_text())
+    R.crop_manifest("tiny", crops[1]).write_text(json.dumps({**other, "step": other["step"] + 1}))
+    with pytest.raises(InputError, match=f"{crops[1]}.json: 'step' is .* predict the crops again"):
+        stages.gather_predictions([R.crop_predictions("tiny", c) for c in crops],
+                                  [R.crop_manifest("tiny", c) for c in crops],
+                                  R.predictions("tiny"), R.manifest("tiny"))
+    assert not R.predictions("tiny").exists() and not R.manifest("tiny").exists()
+
+
+def test_a_missing_crop_table_stops_the_score_gather_in_one_line(trained, tmp_path):
+    root, cfg = trained
+    inv = root / "inventory.csv"
+    crops = validation_crop_ids(inv)
+    R = Results(tmp_path)
+    with pytest.raises(InputError, match=f"{crops[0]}.csv: file not found"):
+        stages.gather_scores(cfg, inv, [R.crop_eval("tiny", c) for c in crops],
+                             R.eval_csv("tiny"), R.eval_summary("tiny"))
+    assert not R.eval_csv("tiny").exists() and not R.eval_summary("tiny").exists()

@@ -36,6 +36,8 @@ from slurm_cluster import (
     snakemake_command,
 )
 
+from cellmapseg.data.inventory import validation_crop_ids
+
 pytestmark = pytest.mark.slow
 
 MODELS = sorted(yaml.safe_load(EMBEDDED_CONFIG.read_text())["models"])
@@ -85,10 +87,14 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
     rules = [_rule(r) for r in ours]
     for rule in ("synthetic_data", "inventory", "memory_probe", "select_caching"):
         assert rules.count(rule) == 1, rule
-    for rule in ("train", "predict", "evaluate"):
-        assert rules.count(rule) == len(MODELS), rule
+    assert rules.count("train") == len(MODELS)
+    crops = validation_crop_ids(dag.workdir / "results/data/inventory.csv")
+    for rule in ("predict_crop", "evaluate_crop"):  # one job per (model, validation crop)
+        assert rules.count(rule) == len(MODELS) * len(crops), rule
+    assert "predict" not in rules and "evaluate" not in rules  # the gathers run locally
     assert all(r["Account"] == TEST_SITE.account for r in ours)
-    # Every job was a Slurm job (nothing ran on the submit host), and nothing is left to do.
+    # Every other job was a Slurm job (only the local rules ran on the submit host), and
+    # nothing is left to do.
     assert len(re.findall(r"^rule \w+:", dag.output, re.M)) == len(ours)
     check = run_local(dag.workdir, "-n", "all")
     assert check.returncode == 0 and "Nothing to be done" in check.stdout + check.stderr, \
@@ -115,7 +121,7 @@ def test_gpu_rules_asked_for_the_reserved_allocation(dag):
 
 def test_only_gpu_rules_use_the_reservation(dag):
     for r in _dag_rows(dag):
-        if _rule(r) in GPU_RULES | {"predict"}:
+        if _rule(r) in GPU_RULES | {"predict_crop"}:
             assert (r["Partition"], r["Reservation"], r["QOS"]) == (
                 TEST_SITE.gpu_partition, TEST_SITE.reservation, TEST_SITE.qos), r
         else:

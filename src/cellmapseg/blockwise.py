@@ -64,10 +64,12 @@ class ScratchArray:
             del mapped
 
     def __setitem__(self, key: Any, value: Any) -> None:  # any numpy index and value
+        # No flush: the written pages stay in the page cache, where the next mapping reads
+        # them. msync walks the whole mapping, so a flush per write made scoring quadratic in
+        # the crop (41.8 s of 133 s at 256 M voxels, 2.4 s of 26 s at 64 M).
         mapped = np.load(self.path, mmap_mode="r+")
         try:
             mapped[key] = value
-            mapped.flush()
         finally:
             del mapped
 
@@ -125,10 +127,13 @@ def _edges(provisional: np.ndarray, values: np.ndarray | None) -> np.ndarray:
     """(k, 2) pairs of provisional ids that one halo component joins."""
     comp, _ = _label(provisional if values is None else values, values is not None)
     inside = comp > 0
-    pairs = np.unique(np.stack([comp[inside], provisional[inside]], axis=1), axis=0)
+    # (halo component, provisional id) pairs as one int64 key each (both ids < 2**32): a 1-D
+    # sort, several times faster than np.unique(axis=0) on the pairs, same order
+    pairs = np.unique((comp[inside].astype(np.int64) << 32) | provisional[inside].astype(np.int64))
+    halo, ids = pairs >> 32, pairs & 0xFFFFFFFF
     # consecutive ids within the same halo component are connected; a chain suffices
-    same = pairs[1:, 0] == pairs[:-1, 0]
-    return np.stack([pairs[:-1, 1][same], pairs[1:, 1][same]], axis=1)
+    same = halo[1:] == halo[:-1]
+    return np.stack([ids[:-1][same], ids[1:][same]], axis=1)
 
 
 def _first_voxels(array: Any, block: Sequence[int], count: int) -> np.ndarray:

@@ -107,6 +107,17 @@ class Results:
     def manifest(self, model: str) -> Path:
         return self.root / model / "predictions" / "manifest.json"
 
+    def crop_predictions(self, model: str, crop_id: str) -> Path:
+        """One crop's store (a job of its own); predictions.zarr links its crop group."""
+        return self.root / model / "predictions" / "crops" / f"{crop_id}.zarr"
+
+    def crop_manifest(self, model: str, crop_id: str) -> Path:
+        return self.root / model / "predictions" / "crops" / f"{crop_id}.json"
+
+    def crop_eval(self, model: str, crop_id: str) -> Path:
+        """One crop's rows of eval.csv (a job of its own)."""
+        return self.root / model / "eval" / f"{crop_id}.csv"
+
     def eval_csv(self, model: str) -> Path:
         return self.root / model / "eval.csv"
 

@@ -87,14 +87,21 @@ def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: 
 
 def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, out: Path,
             manifest: Path, crops: Sequence[str] | None = None,
-            caching: Path | None = None) -> None:
+            caching: Path | None = None, threads: int | None = None) -> None:
     """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint;
-    with the `caching` decision, images the training store holds on this node are read there."""
+    with the `caching` decision, images the training store holds on this node are read there.
+    `threads`: torch's CPU threads, capped by the CPUs this job may use (default: its own)."""
+    import torch
+
     from cellmapseg.atomic import write_json
     from cellmapseg.data.inventory import read_inventory
     from cellmapseg.predict.crops import predict_crops
     from cellmapseg.probe.select import read_selection
 
+    if threads:
+        from cellmapseg.runtime.torchrun import usable_cpus
+
+        torch.set_num_threads(usable_cpus(threads))
     m = cfg.model(model)
     out, train_summary = Path(out), Path(train_summary)
     summary = read_json(train_summary)
@@ -115,6 +122,51 @@ def evaluate(cfg: Config, predictions: Path, inventory_csv: Path, out_csv: Path,
     summary = score(predictions, inventory_csv, cfg.data.spacing_nm, out_csv, out_summary, crops,
                     block=cfg.inference.block_size)
     log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
+
+
+def gather_predictions(crop_stores: Sequence[Path], crop_manifests: Sequence[Path], out: Path,
+                       manifest: Path) -> None:
+    """The model's predictions.zarr and manifest from its crops' (one prediction job per crop):
+    links to the crop groups, no copy; the same store and manifest as one run over every crop."""
+    from cellmapseg.atomic import write_json
+    from cellmapseg.data import predictions
+    from cellmapseg.predict.crops import merge_manifests
+
+    if len(crop_stores) != len(crop_manifests):
+        raise ValueError(f"gather_predictions: {len(crop_stores)} stores, "
+                         f"{len(crop_manifests)} manifests")
+    manifests = {Path(p): read_json(Path(p)) for p in crop_manifests}
+    merged = merge_manifests(manifests)
+    stores = {}
+    for store, m in zip(crop_stores, manifests.values(), strict=True):
+        stores.update(dict.fromkeys(m["crops"], Path(store)))
+    predictions.gather(Path(out), stores, merged)
+    write_json(manifest, merged)
+    log.info("gathered %d crop(s) of %s: %s", len(stores), merged["model"], out)
+
+
+def evaluate_crop(cfg: Config, predictions: Path, inventory_csv: Path, crop: str,
+                  out_csv: Path) -> None:
+    """One crop's rows of eval.csv (the workflow scores each crop in a job of its own)."""
+    from cellmapseg.evaluate.score import score_table, write_table
+
+    config_mod.write_resolved(cfg, resolved_config(out_csv))
+    table, _ = score_table(predictions, inventory_csv, cfg.data.spacing_nm, Path(out_csv).parent,
+                           [crop], block=cfg.inference.block_size)
+    write_table(table, out_csv)
+    log.info("scored %s of %s: %d class row(s)", crop, predictions, len(table))
+
+
+def gather_scores(cfg: Config, inventory_csv: Path, tables: Sequence[Path], out_csv: Path,
+                  out_summary: Path) -> None:
+    """eval.csv and eval_summary.json from the validation crops' tables, in inventory order."""
+    from cellmapseg.data.inventory import CROP_COLUMNS, read_inventory, select
+    from cellmapseg.evaluate.score import gather
+
+    config_mod.write_resolved(cfg, resolved_config(out_csv))
+    crops = select(read_inventory(inventory_csv, CROP_COLUMNS), None, "evaluate")["crop"]
+    summary = gather(tables, [str(c) for c in crops], out_csv, out_summary)
+    log.info("evaluated %d crop(s): overall %s", len(tables), summary.get("overall"))
 
 
 def read_json(path: Path) -> dict[str, Any]:

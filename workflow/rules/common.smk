@@ -4,6 +4,7 @@ import sys
 
 from cellmapseg import layout
 from cellmapseg.config import from_dict
+from cellmapseg.data.inventory import validation_crop_ids
 from cellmapseg.layout import RESULTS as R
 from cellmapseg.report.console import print_comparison
 from cellmapseg.runtime.process import bad_input_exits
@@ -14,6 +15,7 @@ with bad_input_exits():
 
 wildcard_constraints:
     model="|".join(CFG.models) or "__no_models__",
+    crop=r"[^/]+",
 
 
 def model_item(key, caption, label):

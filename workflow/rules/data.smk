@@ -16,7 +16,8 @@ if CFG.data.synthetic.enabled:
             "../scripts/synthetic_data.py"
 
 
-rule inventory:
+# A checkpoint: the per-crop prediction and scoring jobs are the validation crops it lists.
+checkpoint inventory:
     input:
         datalist=CFG.data.datalist,
     output:

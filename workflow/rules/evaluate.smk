@@ -1,32 +1,79 @@
 # Stages 4 and 5: sliding-window prediction of the validation crops with each model's best
-# checkpoint (Zarr, the challenge's layout), then the CellMap challenge's scoring.
+# checkpoint, then the CellMap challenge's scoring. One job per (model, crop) for each, so the
+# Slurm profile spreads the crops over the reservation's GPUs and a killed job costs one crop;
+# the crops come from the inventory (a checkpoint: the DAG is known once it is written).
+# `predict` gathers the crops into predictions.zarr (the challenge's layout {crop}/{class},
+# crop groups linked, not copied), `evaluate` their rows into eval.csv and eval_summary.json;
+# both take seconds, so they run where snakemake runs, never queued behind a GPU job.
 
 
-rule predict:
+localrules:
+    predict,
+    evaluate,
+
+
+def validation_crops(wildcards=None):
+    return validation_crop_ids(checkpoints.inventory.get().output.csv)
+
+
+def each_crop(pattern):
+    """An input function: `pattern` (a layout path of model and crop) for every validation crop."""
+    return lambda w: [str(pattern(w.model, crop)) for crop in validation_crops()]
+
+
+rule predict_crop:
     input:
         summary=rules.train.output.summary,
         inventory=rules.inventory.output.csv,
         caching=rules.select_caching.output.json,  # images the training store holds
     output:
-        zarr=directory(str(R.predictions("{model}"))),
-        manifest=str(R.manifest("{model}")),
+        zarr=directory(str(R.crop_predictions("{model}", "{crop}"))),
+        manifest=str(R.crop_manifest("{model}", "{crop}")),
     params:
         inference=config["inference"],
-    threads: workflow.cores
+    threads: 1
     resources:
         gpu=min(CFG.train.gpus, 1),
     log:
-        str(R.log("predict", "{model}")),
+        str(R.log("predict", "{model}_{crop}")),
     conda:
         "../envs/cellmapseg.yaml"
     script:
         "../scripts/predict.py"
 
 
+rule predict:
+    input:
+        zarr=each_crop(R.crop_predictions),
+        manifest=each_crop(R.crop_manifest),
+    output:
+        zarr=directory(str(R.predictions("{model}"))),
+        manifest=str(R.manifest("{model}")),
+    log:
+        str(R.log("predict", "{model}")),
+    conda:
+        "../envs/cellmapseg.yaml"
+    script:
+        "../scripts/gather_predictions.py"
+
+
+rule evaluate_crop:
+    input:
+        zarr=rules.predict_crop.output.zarr,
+        inventory=rules.inventory.output.csv,
+    output:
+        csv=str(R.crop_eval("{model}", "{crop}")),
+    log:
+        str(R.log("evaluate", "{model}_{crop}")),
+    conda:
+        "../envs/cellmapseg.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
 rule evaluate:
     input:
-        zarr=rules.predict.output.zarr,
-        manifest=rules.predict.output.manifest,
+        csv=each_crop(R.crop_eval),
         inventory=rules.inventory.output.csv,
     output:
         csv=report(
@@ -42,4 +89,4 @@ rule evaluate:
     conda:
         "../envs/cellmapseg.yaml"
     script:
-        "../scripts/evaluate.py"
+        "../scripts/gather_scores.py"

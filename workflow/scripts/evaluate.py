@@ -1,8 +1,9 @@
-# Thin wrapper: score the predictions (results/{model}/eval.csv, eval_summary.json).
+# Thin wrapper: score one crop's predictions (its rows of eval.csv).
 from cellmapseg import stages
 from cellmapseg.runtime.process import bad_input_exits
 from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stages.evaluate(from_snakemake(snakemake), snakemake.input.zarr, snakemake.input.inventory,
-                    snakemake.output.csv, snakemake.output.summary)
+    stages.evaluate_crop(from_snakemake(snakemake), snakemake.input.zarr,
+                         snakemake.input.inventory, snakemake.wildcards.crop,
+                         snakemake.output.csv)

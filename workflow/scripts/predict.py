@@ -1,4 +1,4 @@
-# Thin wrapper: predict the validation crops with the best checkpoint.
+# Thin wrapper: predict one validation crop with the best checkpoint (a store of its own).
 from cellmapseg import stages
 from cellmapseg.runtime.process import bad_input_exits
 from cellmapseg.runtime.snakemake import from_snakemake
@@ -6,4 +6,5 @@ from cellmapseg.runtime.snakemake import from_snakemake
 with bad_input_exits():
     stages.predict(from_snakemake(snakemake), snakemake.wildcards.model, snakemake.input.summary,
                    snakemake.input.inventory, snakemake.output.zarr, snakemake.output.manifest,
-                   caching=snakemake.input.caching)
+                   crops=[snakemake.wildcards.crop], caching=snakemake.input.caching,
+                   threads=snakemake.threads)

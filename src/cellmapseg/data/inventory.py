@@ -160,3 +160,9 @@ def select(inventory: pd.DataFrame, crops: Sequence[str] | None, stage: str) -> 
     if missing:
         raise InputError(f"{stage}: crops not in the inventory: {', '.join(missing)}")
     return inventory[names.isin(crops) | ids.isin(crops)]
+
+
+def validation_crop_ids(path: str | Path) -> list[str]:
+    """The crop ids of the validation split, in inventory order: the workflow's per-crop jobs."""
+    frame = read_inventory(path, ("crop", "crop_id", "split"))
+    return [str(c) for c in select(frame, None, "predict")["crop_id"]]

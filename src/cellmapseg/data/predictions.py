@@ -4,14 +4,16 @@ instance classes, each with voxel_size and translation attributes.
 
 The one owner of that layout: prediction creates stores through `writing` and `create_crop`,
 evaluation and the report open them with `open_store` and get checked arrays from
-`crop_arrays`.
+`crop_arrays`. The workflow predicts each crop into a store of its own (one job per crop) and
+`gather`s them into the model's store, whose crop groups are links to theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,24 @@ def writing(out: Path) -> Iterator[zarr.Group]:
         raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def gather(out: Path, crop_stores: Mapping[str, Path], attrs: Mapping[str, object]) -> None:
+    """The store `out` holding every crop of `crop_stores` ({crop_id: store}) with root `attrs`.
+    Each crop group is a relative link to the crop store's group, not a copy: a crop's
+    predictions take as much disk as its image, and results/ can still be moved whole."""
+    groups = {}
+    for crop_id, store in crop_stores.items():
+        group = Path(store) / crop_id
+        if not (group / ".zgroup").is_file():
+            raise InputError(f"{store}: crop group {crop_id} missing")
+        groups[crop_id] = group
+    here = out.parent.resolve() / out.name  # the links are read from inside the store
+    with writing(out) as root:
+        for crop_id, group in groups.items():
+            link = out.with_name(out.name + ".tmp") / crop_id
+            link.symlink_to(os.path.relpath(group.resolve(), here))
+        root.attrs.update(dict(attrs))
 
 
 def create_crop(root: zarr.Group, crop_id: str, shape: tuple[int, ...],

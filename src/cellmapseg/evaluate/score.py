@@ -118,11 +118,12 @@ def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...], block:
     return rows
 
 
-def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
-             out_csv: Path, out_summary: Path, crops: list[str] | None = None,
-             block: int = 128) -> dict:
-    """Score the validation crops (or `crops`); write eval.csv and eval_summary.json; return
-    the summary. Raises InputError, writing nothing, when any input is wrong."""
+def score_table(predictions_path: Path, inventory: Path | pd.DataFrame,
+                spacing_nm: Sequence[float], scratch: Path, crops: Sequence[str] | None = None,
+                block: int = 128) -> tuple[pd.DataFrame, list[str]]:
+    """eval.csv's rows for the validation crops (or `crops`) and the names of the crops scored;
+    scratch copies go to `scratch`. Raises InputError, before scoring any voxel, when any
+    input is wrong."""
     voxel = tuple(float(v) for v in spacing_nm)
     if len(voxel) != 3 or min(voxel) <= 0:
         raise InputError(f"spacing_nm: expected 3 positive values, got {list(spacing_nm)}")
@@ -132,16 +133,69 @@ def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm:
     store = predictions.open_store(path)
     for job in jobs:
         check_crop(store, path, job, voxel)
-    scratch = Path(out_csv).parent
     scratch.mkdir(parents=True, exist_ok=True)
     rows = [row for job in jobs for row in score_crop(store, job, voxel, block, scratch)]
+    return _table(rows), [job.crop for job in jobs]
+
+
+def _table(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     table["n_hausdorff"] = table["n_hausdorff"].astype("Int64")  # empty for semantic rows
-    summary = summarise(table, [job.crop for job in jobs])
+    return table
+
+
+def write_table(table: pd.DataFrame, out_csv: Path) -> None:
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Rows written by write_table, with the types scoring gave them."""
+    text = {c: str for c in ("crop", "crop_id", "class", "kind", "guard")}
+    try:
+        table = pd.read_csv(path, dtype=text, keep_default_na=False,
+                            na_values={c: [""] for c in CSV_COLUMNS if c not in text})
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable score table ({exc})") from exc
+    if list(table.columns) != list(CSV_COLUMNS):
+        raise InputError(f"{path}: columns {list(table.columns)} are not eval.csv's")
+    return _table(table)
+
+
+def write_outputs(table: pd.DataFrame, crops: Sequence[str], out_csv: Path,
+                  out_summary: Path) -> dict:
+    summary = summarise(table, list(crops))
+    write_table(table, out_csv)
     write_json(out_summary, _json_safe(summary))
     return summary
+
+
+def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
+             out_csv: Path, out_summary: Path, crops: list[str] | None = None,
+             block: int = 128) -> dict:
+    """Score the validation crops (or `crops`); write eval.csv and eval_summary.json; return
+    the summary. Raises InputError, writing nothing, when any input is wrong."""
+    table, scored = score_table(predictions_path, inventory, spacing_nm, Path(out_csv).parent,
+                                crops, block)
+    return write_outputs(table, scored, out_csv, out_summary)
+
+
+def gather(tables: Sequence[Path], crops: Sequence[str], out_csv: Path,
+           out_summary: Path) -> dict:
+    """eval.csv and eval_summary.json from per-crop tables (`tables[i]` holds the rows of
+    `crops[i]`), the same files as one evaluate over every crop."""
+    if len(tables) != len(crops):
+        raise ValueError(f"gather: {len(tables)} tables for {len(crops)} crops")
+    parts = []
+    for path, crop in zip(tables, crops, strict=True):
+        part = read_table(Path(path))
+        if not part.empty and set(part["crop"]) != {crop}:
+            raise InputError(f"{path}: rows of crops {sorted(set(part['crop']))}, expected {crop}")
+        parts.append(part)
+    return write_outputs(_table(pd.concat(parts, ignore_index=True)), crops, out_csv,
+                         out_summary)
 
 
 def _json_safe(obj: Any) -> Any:

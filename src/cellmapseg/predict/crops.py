@@ -128,3 +128,28 @@ def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.Dat
             "voxel_size": list(cfg.data.spacing_nm)}
         root.attrs.update(manifest)
     return manifest
+
+
+SHARED_KEYS = ("model", "checkpoint", "epoch", "step", "best_score", "device", "thresholds",
+               "tta_flips", "block_size", "voxel_size")
+
+
+def merge_manifests(manifests: Mapping[Path, Mapping[str, Any]]) -> dict[str, Any]:
+    """One manifest for crops predicted by separate jobs ({path: manifest}, in crop order), the
+    same as one run over every crop would write. Crops predicted with another checkpoint or
+    other settings stop with one line naming the manifest that differs."""
+    if not manifests:
+        raise ValueError("merge_manifests: no manifests")
+    (first_path, first), *_ = manifests.items()
+    merged = {key: ([] if key in ("crops", "crop_names") else {}) if key not in SHARED_KEYS
+              else first[key] for key in first}  # the keys in the order one run writes them
+    for path, manifest in manifests.items():
+        for key in SHARED_KEYS:
+            if manifest.get(key) != first[key]:
+                raise InputError(f"{path}: '{key}' is {manifest.get(key)!r} but "
+                                 f"{first_path} has {first[key]!r}; predict the crops again")
+        merged["crops"] += manifest["crops"]
+        merged["crop_names"] += manifest["crop_names"]
+        merged["instances"].update(manifest["instances"])
+        merged["image_sources"].update(manifest["image_sources"])
+    return merged
