@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "cellmapseg"
 WORKFLOW = ROOT / "workflow"
 FROM_PACKAGE = re.compile(r"^\s*(?:from|import) (cellmapseg[\w.]*)", re.M)
+AT_PARSE_TIME = re.compile(r"^(?:from|import) (cellmapseg[\w.]*)", re.M)  # not in a function
 
 
 def sources() -> list[Path]:
@@ -58,7 +59,7 @@ def test_rules_import_only_light_modules_at_parse_time():
     light = {"cellmapseg", "cellmapseg.layout", "cellmapseg.config",
              "cellmapseg.runtime.process", "cellmapseg.report.console"}
     for rules in [WORKFLOW / "Snakefile", *sorted((WORKFLOW / "rules").glob("*.smk"))]:
-        used = set(FROM_PACKAGE.findall(rules.read_text()))
+        used = set(AT_PARSE_TIME.findall(rules.read_text()))
         assert used <= light, (rules.name, used - light)
 
 

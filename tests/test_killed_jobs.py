@@ -271,7 +271,7 @@ def killed_three_times(run: Path, background: Background) -> None:
     run_and_kill(run, lambda: any((run / "results/tiny/eval").glob("*.config.yaml")),
                  "scoring", job_only=True)
     assert out.read_text().count("rule predict_crop:") == len(crops) - len(done)
-    assert (preds / "manifest.json").is_file()
+    assert all((preds / "crops" / f"{c}.json").is_file() for c in done)
     assert not (run / "results/tiny/eval.csv").exists(), "scoring finished before the kill"
     assert not (run / "results/tiny/eval_summary.json").exists()
 

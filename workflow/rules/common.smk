@@ -4,7 +4,6 @@ import sys
 
 from cellmapseg import layout
 from cellmapseg.config import from_dict
-from cellmapseg.data.inventory import validation_crop_ids
 from cellmapseg.layout import RESULTS as R
 from cellmapseg.report.console import print_comparison
 from cellmapseg.runtime.process import bad_input_exits
@@ -27,3 +26,16 @@ def model_item(key, caption, label):
         subcategory="{model}",
         labels={"model": "{model}", "figure": label},
     )
+
+
+def validation_crops():
+    """The validation crops' ids, once the inventory (a checkpoint) is written (pandas is
+    imported then, not at parse time)."""
+    from cellmapseg.data.inventory import validation_crop_ids
+
+    return validation_crop_ids(checkpoints.inventory.get().output.csv)
+
+
+def each_crop(pattern):
+    """An input function: `pattern` (a layout path of model and crop) for every validation crop."""
+    return lambda w: [str(pattern(w.model, crop)) for crop in validation_crops()]

@@ -12,15 +12,6 @@ localrules:
     evaluate,
 
 
-def validation_crops(wildcards=None):
-    return validation_crop_ids(checkpoints.inventory.get().output.csv)
-
-
-def each_crop(pattern):
-    """An input function: `pattern` (a layout path of model and crop) for every validation crop."""
-    return lambda w: [str(pattern(w.model, crop)) for crop in validation_crops()]
-
-
 rule predict_crop:
     input:
         summary=rules.train.output.summary,
@@ -75,6 +66,7 @@ rule evaluate:
     input:
         csv=each_crop(R.crop_eval),
         inventory=rules.inventory.output.csv,
+        predictions=rules.predict.output.manifest,  # eval.csv comes with its gathered store
     output:
         csv=report(
             str(R.eval_csv("{model}")),
