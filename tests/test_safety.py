@@ -200,8 +200,8 @@ def test_torchrun_delivers_a_hostile_argument_intact(tmp_path: Path) -> None:
 
 
 def _rules(text: str) -> dict[str, str]:
-    """rule name -> its body (the indented block after `rule NAME:`)."""
-    blocks = re.split(r"^\s*(?:local)?rule\s+(\w+)\s*:\s*$", text, flags=re.M)
+    """rule name -> its body (the indented block after `rule NAME:` or `checkpoint NAME:`)."""
+    blocks = re.split(r"^\s*(?:local)?(?:rule|checkpoint)\s+(\w+)\s*:\s*$", text, flags=re.M)
     return dict(zip(blocks[1::2], blocks[2::2], strict=True))
 
 
@@ -215,7 +215,8 @@ def test_workflow_rules_run_scripts_never_shell_commands() -> None:
         assert not re.search(r"^\s*(shell|run)\s*:", text, flags=re.M), path
         assert not re.search(r"\bshell\s*\(", text), path
         rules.update(_rules(text))
-    assert {"inventory", "train", "predict", "evaluate"} <= set(rules)
+    assert {"inventory", "train", "predict_crop", "predict", "evaluate_crop", "evaluate"} <= set(
+        rules)
     for name, body in rules.items():
         actions = re.findall(r"^\s*(script|shell|run|notebook|wrapper|cwl)\s*:", body, flags=re.M)
         assert actions in ([], ["script"]), (name, actions)
