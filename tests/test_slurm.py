@@ -95,7 +95,7 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
     assert all(r["Account"] == TEST_SITE.account for r in ours)
     # Every other job was a Slurm job (only the local rules ran on the submit host), and
     # nothing is left to do.
-    assert len(re.findall(r"^rule \w+:", dag.output, re.M)) == len(ours)
+    assert len(re.findall(r"^(?:rule|checkpoint) \w+:", dag.output, re.M)) == len(ours)
     check = run_local(dag.workdir, "-n", "all")
     assert check.returncode == 0 and "Nothing to be done" in check.stdout + check.stderr, \
         _tail(check)
