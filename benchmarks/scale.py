@@ -336,13 +336,13 @@ def main() -> None:
         child(a.child[0], Path(a.child[1]), Path(a.child[2]))
         return
     sizes, runs = [voxels(s) for s in a.sizes.split(",")], []
+    to_run = stages_to_run(a.stages.split(","))  # unknown names stop here
     wanted = [s for s in STAGES if s in a.stages.split(",")]
-    stages_to_run(a.stages.split(","))  # unknown names stop here
     base = Path(tempfile.mkdtemp(prefix="cellmapseg-scale-", dir=a.workdir))
     try:
         for n in sizes:
             work = base / f"size_{n}"
-            run = run_size(n, work, stages_to_run(wanted), **settings)
+            run = run_size(n, work, to_run, **settings)
             run["stages"] = {s: run["stages"][s] for s in wanted}
             runs.append(run)
             shutil.rmtree(work)  # stores and predictions of GBs: one size at a time

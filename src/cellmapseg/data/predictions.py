@@ -32,11 +32,15 @@ def locate(predictions: str | Path) -> Path:
     return predictions if predictions.suffix == ".zarr" else predictions / PREDICTIONS_STORE
 
 
+def _temporary(out: Path) -> Path:
+    return out.with_name(out.name + ".tmp")
+
+
 @contextlib.contextmanager
 def writing(out: Path) -> Iterator[zarr.Group]:
     """A new store written under a temporary name and renamed onto `out` only when the block
     succeeds, so an interrupted run never leaves a store that looks complete."""
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _temporary(out)
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
     try:
@@ -61,8 +65,7 @@ def gather(out: Path, crop_stores: Mapping[str, Path], attrs: Mapping[str, objec
     here = out.parent.resolve() / out.name  # the links are read from inside the store
     with writing(out) as root:
         for crop_id, group in groups.items():
-            link = out.with_name(out.name + ".tmp") / crop_id
-            link.symlink_to(os.path.relpath(group.resolve(), here))
+            (_temporary(out) / crop_id).symlink_to(os.path.relpath(group.resolve(), here))
         root.attrs.update(dict(attrs))
 
 

@@ -141,8 +141,8 @@ def merge_manifests(manifests: Mapping[Path, Mapping[str, Any]]) -> dict[str, An
     if not manifests:
         raise ValueError("merge_manifests: no manifests")
     (first_path, first), *_ = manifests.items()
-    merged = {key: ([] if key in ("crops", "crop_names") else {}) if key not in SHARED_KEYS
-              else first[key] for key in first}  # the keys in the order one run writes them
+    # the per-crop keys emptied in place: the keys stay in the order one run writes them
+    merged = {**first, "crops": [], "crop_names": [], "instances": {}, "image_sources": {}}
     for path, manifest in manifests.items():
         for key in SHARED_KEYS:
             if manifest.get(key) != first[key]:
