@@ -75,14 +75,23 @@ class ScratchArray:
 
 
 class ValueMask:
-    """`label == value`, computed per region read (a class mask over a label volume)."""
+    """`label == value` (or `label` in `value`, a group's label values), computed per region
+    read: a class mask over a label volume."""
 
-    def __init__(self, label: Any, value: int) -> None:
-        self.label, self.value = label, value
+    def __init__(self, label: Any, value: int | Sequence[int]) -> None:
+        self.label = label
+        self.values = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
         self.shape = tuple(label.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.label[key]) == self.value
+        return in_values(np.asarray(self.label[key]), self.values)
+
+
+def in_values(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """`label == values[0]` for one value, else the voxels holding any of `values`."""
+    if len(values) == 1:
+        return label == values[0]
+    return np.isin(label, values)
 
 
 def components_by_id(ids: np.ndarray) -> tuple[np.ndarray, int]:

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -19,8 +20,9 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from cellmapseg import classes as classes_mod
 from cellmapseg.atomic import write_text
-from cellmapseg.classes import NUM_CLASSES
+from cellmapseg.classes import Ontology
 from cellmapseg.errors import ConfigError
 
 
@@ -69,9 +71,10 @@ class InferenceConfig:
     tta_flips: bool
     threshold: float | tuple[float, ...]
 
-    def thresholds(self) -> list[float]:
+    def thresholds(self, n: int) -> list[float]:
+        """One threshold per channel of an `n`-channel ontology (length checked on load)."""
         t = self.threshold
-        return list(t) if isinstance(t, tuple) else [float(t)] * NUM_CLASSES
+        return list(t) if isinstance(t, tuple) else [float(t)] * n
 
 
 @dataclass(frozen=True)
@@ -115,14 +118,19 @@ class ModelConfig:
     bf16: bool
     dice_weight: float
     ce_weight: float
-    class_weights: tuple[float, ...] | None
+    class_weights: tuple[float, ...] | dict[str, float] | None
     mixup_p: float
     mixup_beta: float
     ds_weights: tuple[float, ...] | None
     lvl_weights: tuple[float, ...] | None
 
-    def class_weight_list(self) -> list[float]:
-        return list(self.class_weights) if self.class_weights else [1.0] * NUM_CLASSES
+    def class_weight_list(self, atomic: Sequence[str]) -> list[float]:
+        """One loss weight per atomic class, in channel order (names and length checked on
+        load)."""
+        w = self.class_weights
+        if isinstance(w, dict):
+            return [float(w.get(name, 1.0)) for name in atomic]
+        return [float(v) for v in w] if w else [1.0] * len(atomic)
 
     def key(self, field: str) -> str:
         """The dotted config key of one of this model's fields, for messages."""
@@ -132,6 +140,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int
+    classes: Ontology
     data: DataConfig
     caching: CachingConfig
     train: TrainConfig
@@ -227,6 +236,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type, value: Any) -> Any:
     """Construct nested frozen dataclasses (and tuples) from validated plain data."""
+    if cls is Ontology:
+        return classes_mod.from_config(value)
     if cls is NetworkConfig:
         args = {k: v for k, v in value.items() if k != "type"}
         return NetworkConfig(type=value["type"], args=args)
@@ -251,18 +262,37 @@ def _build(cls: type, value: Any) -> Any:
             return None
         if isinstance(value, list):
             return tuple(value)
+        if isinstance(value, dict):
+            return dict(value)
         return value
     return value
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    return _build(Config, validate(raw))
+    cfg = _build(Config, validate(raw))
+    _check_lengths(cfg)
+    return cfg
+
+
+def _check_lengths(cfg: Config) -> None:
+    """Per-class lists must have one value per atomic class, and per-class mappings name
+    atomic classes: one line per key that does not."""
+    n = cfg.classes.num_channels
+    lists = {"inference.threshold": cfg.inference.threshold,
+             **{m.key("class_weights"): m.class_weights for m in cfg.models.values()}}
+    lines = [f"config: key '{key}' has {len(v)} values; classes.atomic has {n} classes"
+             for key, v in lists.items() if isinstance(v, tuple) and len(v) != n]
+    lines += [f"config: key '{key}.{name}': '{name}' is not an atomic class (classes.atomic)"
+              for key, v in lists.items() if isinstance(v, dict)
+              for name in v if name not in cfg.classes.atomic]
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def to_dict(obj: Any) -> Any:
     """Plain data (dicts, lists, scalars) of a config or any part of it: what the schema
     validated, defaults included. A model's name is its key, not one of its fields."""
-    if isinstance(obj, NetworkConfig):
+    if isinstance(obj, (NetworkConfig, Ontology)):
         return obj.as_dict()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)

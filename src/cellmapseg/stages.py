@@ -27,7 +27,7 @@ def synthetic(cfg: Config, out_dir: Path) -> Path:
     from cellmapseg.synthetic.generate import generate
 
     config_mod.write_resolved(cfg, out_dir / "config.yaml")
-    datalist = generate(cfg.data.synthetic, cfg.data.spacing_nm, out_dir)
+    datalist = generate(cfg.data.synthetic, cfg.data.spacing_nm, out_dir, cfg.classes)
     log.info("synthetic dataset written: %s", datalist)
     return datalist
 
@@ -119,8 +119,8 @@ def evaluate(cfg: Config, predictions: Path, inventory_csv: Path, out_csv: Path,
     from cellmapseg.evaluate.score import evaluate as score
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
-    summary = score(predictions, inventory_csv, cfg.data.spacing_nm, out_csv, out_summary, crops,
-                    block=cfg.inference.block_size)
+    summary = score(predictions, inventory_csv, cfg.data.spacing_nm, out_csv, out_summary,
+                    cfg.classes, crops, block=cfg.inference.block_size)
     log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
 
 
@@ -152,7 +152,7 @@ def evaluate_crop(cfg: Config, predictions: Path, inventory_csv: Path, crop: str
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
     table, _ = score_table(predictions, inventory_csv, cfg.data.spacing_nm, Path(out_csv).parent,
-                           [crop], block=cfg.inference.block_size)
+                           cfg.classes, [crop], block=cfg.inference.block_size)
     write_table(table, out_csv)
     log.info("scored %s of %s: %d class row(s)", crop, predictions, len(table))
 
@@ -165,7 +165,7 @@ def gather_scores(cfg: Config, inventory_csv: Path, tables: Sequence[Path], out_
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
     crops = select(read_inventory(inventory_csv, CROP_COLUMNS), None, "evaluate")["crop"]
-    summary = gather(tables, [str(c) for c in crops], out_csv, out_summary)
+    summary = gather(tables, [str(c) for c in crops], out_csv, out_summary, cfg.classes)
     log.info("evaluated %d crop(s): overall %s", len(tables), summary.get("overall"))
 
 

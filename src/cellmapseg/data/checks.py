@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import TypeVar
 
-from cellmapseg.classes import MAX_LABEL
 from cellmapseg.data.datalist import CropEntry, crop_name
 from cellmapseg.data.nifti import NiftiHeader, read_header
 from cellmapseg.data.scan import ImageScan, LabelScan, scan_image, scan_label
@@ -111,28 +110,43 @@ def label_problems(entry: CropEntry, label: LabelScan) -> list[str]:
         return []
     bad = sorted(label.bad)
     shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
-    return [f"crop {entry.name}: label {entry.label}: values outside 0..{MAX_LABEL} ({shown})"]
+    return [f"crop {entry.name}: label {entry.label}: values {shown} are not label values of "
+            f"the configured classes (0 and {_ranges(label.labels)}; see classes.atomic)"]
 
 
-def _scan(entry: CropEntry, field: str, problems: list[str]) -> ImageScan | LabelScan | None:
-    scan = scan_image if field == "image" else scan_label
+def _ranges(values: Sequence[int]) -> str:
+    """1,2,3,5 -> "1..3, 5"."""
+    out: list[str] = []
+    for v in sorted(values):
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in out)
+
+
+def _scan(entry: CropEntry, field: str, labels: tuple[int, ...], problems: list[str]
+          ) -> ImageScan | LabelScan | None:
     try:
-        return scan(getattr(entry, field))
+        if field == "image":
+            return scan_image(entry.image)
+        return scan_label(entry.label, labels)
     except InputError as exc:
         problems.append(f"crop {entry.name}: {field} {exc}")
         return None
 
 
 def inspect_crop(
-    entry: CropEntry, headers: CropHeaders, analyse: Analyse[T] | None = None
+    entry: CropEntry, headers: CropHeaders, labels: tuple[int, ...],
+    analyse: Analyse[T] | None = None
 ) -> tuple[list[str], T | None]:
     """Pass (b) for one crop that passed (a): each file streamed once (data.scan); `analyse`
     gets the scans when the crop is clean."""
     problems: list[str] = []
-    image = _scan(entry, "image", problems)
+    image = _scan(entry, "image", labels, problems)
     if image is not None:
         problems.extend(image_problems(entry, image))
-    label = _scan(entry, "label", problems)
+    label = _scan(entry, "label", labels, problems)
     if label is not None:
         problems.extend(label_problems(entry, label))
     if problems or analyse is None or image is None or label is None:
@@ -160,10 +174,12 @@ def scan_crops(
     entries: Sequence[CropEntry],
     spacing_nm: Sequence[float],
     tolerance: float,
+    labels: tuple[int, ...],
     analyse: Analyse[T] | None = None,
     workers: int = 1,
 ) -> tuple[list[str], list[T | None]]:
-    """Both passes over all crops -> (warnings, per-crop `analyse` results in entry order).
+    """Both passes over all crops -> (warnings, per-crop `analyse` results in entry order);
+    `labels` are the ontology's label values (anything else in a label is a problem).
 
     Raises InputError listing every problem, one line each, if any crop fails.
     """
@@ -177,7 +193,8 @@ def scan_crops(
             passed[index] = headers
     results: list[T | None] = [None] * len(entries)
     todo = [(entries[i], headers) for i, headers in passed.items()]
-    for index, (found, result) in zip(passed, _map_crops(todo, analyse, workers), strict=True):
+    for index, (found, result) in zip(passed, _map_crops(todo, labels, analyse, workers),
+                                       strict=True):
         problems.extend(found)
         results[index] = result
     if problems:
@@ -186,7 +203,8 @@ def scan_crops(
 
 
 def _map_crops(
-    todo: list[tuple[CropEntry, CropHeaders]], analyse: Analyse[T] | None, workers: int
+    todo: list[tuple[CropEntry, CropHeaders]], labels: tuple[int, ...],
+    analyse: Analyse[T] | None, workers: int
 ) -> Iterator[tuple[list[str], T | None]]:
     """inspect_crop over the crops, in order; `workers` crops at a time when workers > 1.
 
@@ -198,15 +216,16 @@ def _map_crops(
     entries = [entry for entry, _ in todo]
     headers = [h for _, h in todo]
     if workers <= 1 or len(todo) <= 1:
-        yield from map(inspect_crop, entries, headers, repeat(analyse))
+        yield from map(inspect_crop, entries, headers, repeat(labels), repeat(analyse))
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-        yield from pool.map(inspect_crop, entries, headers, repeat(analyse))
+        yield from pool.map(inspect_crop, entries, headers, repeat(labels), repeat(analyse))
 
 
 def validate_crops(
-    entries: Sequence[CropEntry], spacing_nm: Sequence[float], tolerance: float
+    entries: Sequence[CropEntry], spacing_nm: Sequence[float], tolerance: float,
+    labels: tuple[int, ...]
 ) -> list[str]:
     """Check all crops; return warnings, or raise InputError naming every problem."""
-    warnings, _ = scan_crops(entries, spacing_nm, tolerance)
+    warnings, _ = scan_crops(entries, spacing_nm, tolerance, labels)
     return warnings

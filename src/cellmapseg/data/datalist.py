@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.errors import InputError
 
 SPLITS: tuple[str, ...] = ("training", "validation")
@@ -35,9 +34,9 @@ class CropEntry:
     label: Path
     annotated_classes: tuple[int, ...]  # 0-indexed channels annotated in this crop
 
-    def annotation_mask(self) -> np.ndarray:
-        """(14,) float32: 1 for channels annotated in this crop, 0 for the rest."""
-        mask = np.zeros(NUM_CLASSES, dtype=np.float32)
+    def annotation_mask(self, channels: int) -> np.ndarray:
+        """(channels,) float32: 1 for channels annotated in this crop, 0 for the rest."""
+        mask = np.zeros(channels, dtype=np.float32)
         mask[list(self.annotated_classes)] = 1.0
         return mask
 
@@ -46,7 +45,7 @@ class CropEntry:
         return ",".join(map(str, self.annotated_classes))
 
 
-def parse_annotated_classes(text: str, where: str) -> tuple[int, ...]:
+def parse_annotated_classes(text: str, where: str, channels: int) -> tuple[int, ...]:
     """"0,1,2,3,7,8" -> (0, 1, 2, 3, 7, 8); "" -> (). Raises InputError, one line per problem."""
     if not isinstance(text, str):
         raise InputError(
@@ -62,8 +61,9 @@ def parse_annotated_classes(text: str, where: str) -> tuple[int, ...]:
             problems.append(f"{where}: {token!r} is not an integer class index")
             continue
         value = int(token)
-        if not 0 <= value < NUM_CLASSES:
-            problems.append(f"{where}: class index {value} is outside 0..{NUM_CLASSES - 1}")
+        if not 0 <= value < channels:
+            problems.append(f"{where}: class index {value} is outside 0..{channels - 1} "
+                            f"(classes.atomic has {channels} classes)")
         elif value in seen:
             problems.append(f"{where}: class index {value} is listed more than once")
         else:
@@ -89,8 +89,10 @@ def split_crop_name(name: str) -> tuple[str, str] | None:
     return head, "crop" + tail
 
 
-def read_datalist(path: str | os.PathLike, dataroot: str | os.PathLike = "") -> list[CropEntry]:
-    """Entries in datalist order (training, then validation), paths resolved.
+def read_datalist(path: str | os.PathLike, dataroot: str | os.PathLike,
+                  channels: int) -> list[CropEntry]:
+    """Entries in datalist order (training, then validation), paths resolved; annotated class
+    indices are channels of a `channels`-class ontology.
 
     Relative image/label paths are resolved against `dataroot`; a relative `dataroot` is itself
     relative to the datalist's folder. Without a dataroot every path must be absolute.
@@ -99,16 +101,17 @@ def read_datalist(path: str | os.PathLike, dataroot: str | os.PathLike = "") -> 
     data = _load_json(path)
     root = _resolve_root(path, dataroot)
     problems: list[str] = []
-    if "num_classes" in data and data["num_classes"] != NUM_CLASSES:
+    if "num_classes" in data and data["num_classes"] != channels:
         problems.append(
-            f"{path}: field 'num_classes' is {data['num_classes']!r}; this pipeline has "
-            f"{NUM_CLASSES} classes"
+            f"{path}: field 'num_classes' is {data['num_classes']!r}; the configured ontology "
+            f"(classes.atomic) has {channels} classes"
         )
     entries: list[CropEntry] = []
     located: list[tuple[str, str, str]] = []  # (crop, split, "split[i]") of every named entry
     relative: list[str] = []  # relative paths found without a dataroot
     for split in SPLITS:
-        entries.extend(_read_split(path, data, split, root, problems, located, relative))
+        entries.extend(_read_split(path, data, split, root, channels, problems, located,
+                                   relative))
     problems.extend(_relative_problem(relative))
     problems.extend(_duplicate_problems(path, located))
     if problems:
@@ -155,6 +158,7 @@ def _read_split(
     data: dict[str, Any],
     split: str,
     root: Path | None,
+    channels: int,
     problems: list[str],
     located: list[tuple[str, str, str]],
     relative: list[str],
@@ -173,7 +177,8 @@ def _read_split(
     out: list[CropEntry] = []
     for index, item in enumerate(items):
         locator = f"{split}[{index}]"
-        entry, name = _read_entry(f"{path}: {locator}", split, item, root, problems, relative)
+        entry, name = _read_entry(f"{path}: {locator}", split, item, root, channels, problems,
+                                  relative)
         if name is not None:
             located.append((name, split, locator))
         if entry is not None:
@@ -182,7 +187,7 @@ def _read_split(
 
 
 def _read_entry(
-    where: str, split: str, item: Any, root: Path | None, problems: list[str],
+    where: str, split: str, item: Any, root: Path | None, channels: int, problems: list[str],
     relative: list[str],
 ) -> tuple[CropEntry | None, str | None]:
     """(entry if valid, crop name if the image name could be parsed); problems are appended."""
@@ -201,7 +206,7 @@ def _read_entry(
     if "annotated_classes" in item:
         try:
             classes = parse_annotated_classes(
-                item["annotated_classes"], f"{where} field 'annotated_classes'"
+                item["annotated_classes"], f"{where} field 'annotated_classes'", channels
             )
         except InputError as exc:
             problems.extend(str(exc).splitlines())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellmapseg.atomic import atomic_path
-from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.classes import Ontology
 from cellmapseg.config import Config
 from cellmapseg.data.checks import CropHeaders, scan_crops
 from cellmapseg.data.compact import compact_bytes
@@ -32,12 +33,16 @@ COLUMNS: tuple[str, ...] = (
     "crop", "dataset", "crop_id", "split", "image", "label", "d", "h", "w", "voxels",
     "image_dtype", "image_uint8_lossless", "compact_image_dtype", "compact_bytes",
     "image_mean", "image_std", "annotated_classes", "n_annotated",
-    *(f"vox_{name}" for name in CLASS_NAMES),
-)
+)  # then one vox_{class} column per atomic class (`columns`)
 # What names a crop, its files, its shape and its annotations: the columns the stages after
 # training (prediction, evaluation, the report) need, checked when they read the inventory.
 CROP_COLUMNS: tuple[str, ...] = ("crop", "crop_id", "split", "image", "label", "d", "h", "w",
                                  "annotated_classes")
+
+
+def columns(ontology: Ontology) -> list[str]:
+    """The inventory's columns under `ontology`: voxels of each atomic class last."""
+    return [*COLUMNS, *(f"vox_{name}" for name in ontology.atomic)]
 
 
 def flat_chunks(array: np.ndarray, chunk: int | None = None) -> Iterator[np.ndarray]:
@@ -62,15 +67,15 @@ def image_stats(image: np.ndarray) -> dict[str, Any]:
     return _stats(scan)
 
 
-def label_counts(label: np.ndarray) -> np.ndarray:
-    """Voxels per label value 0..MAX_LABEL (values already validated to lie in that range)."""
-    scan = LabelScan()
+def label_counts(label: np.ndarray, labels: tuple[int, ...]) -> np.ndarray:
+    """Voxels per label value 0..max(labels) (values already validated to be among them)."""
+    scan = LabelScan(labels)
     for chunk in flat_chunks(label):
         scan.add(chunk)
     return scan.counts
 
 
-def crop_row(entry: CropEntry, headers: CropHeaders, image: ImageScan,
+def crop_row(ontology: Ontology, entry: CropEntry, headers: CropHeaders, image: ImageScan,
              label: LabelScan) -> dict[str, Any]:
     """One inventory row from the scans of a crop that passed every check (scan_crops'
     `analyse`)."""
@@ -94,7 +99,8 @@ def crop_row(entry: CropEntry, headers: CropHeaders, image: ImageScan,
         "compact_bytes": compact_bytes((d, h, w), compact),
         "annotated_classes": entry.annotated_text,
         "n_annotated": len(entry.annotated_classes),
-        **{f"vox_{name}": int(counts[c + 1]) for c, name in enumerate(CLASS_NAMES)},
+        **{f"vox_{name}": int(counts[value])
+           for name, value in zip(ontology.atomic, ontology.labels, strict=True)},
     }
 
 
@@ -102,16 +108,18 @@ def build_inventory(
     entries: Sequence[CropEntry],
     spacing_nm: Sequence[float],
     tolerance: float,
+    ontology: Ontology,
     workers: int = 1,
 ) -> pd.DataFrame:
     """Validate every crop and return one inventory row per crop, in datalist order.
 
     Raises InputError naming every problem if any crop is invalid.
     """
-    warnings, rows = scan_crops(entries, spacing_nm, tolerance, analyse=crop_row, workers=workers)
+    warnings, rows = scan_crops(entries, spacing_nm, tolerance, ontology.labels,
+                                analyse=partial(crop_row, ontology), workers=workers)
     for warning in warnings:
         log.warning(warning)
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    return pd.DataFrame(rows, columns=columns(ontology))
 
 
 def write_inventory(cfg: Config, out_csv: str | Path, workers: int = 1) -> pd.DataFrame:
@@ -119,8 +127,9 @@ def write_inventory(cfg: Config, out_csv: str | Path, workers: int = 1) -> pd.Da
 
     Nothing is written when any input is invalid (InputError propagates).
     """
-    entries = read_datalist(cfg.data.datalist, cfg.data.dataroot)
-    table = build_inventory(entries, cfg.data.spacing_nm, cfg.data.spacing_tolerance, workers)
+    entries = read_datalist(cfg.data.datalist, cfg.data.dataroot, cfg.classes.num_channels)
+    table = build_inventory(entries, cfg.data.spacing_nm, cfg.data.spacing_tolerance,
+                            cfg.classes, workers)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     log.info("inventory: %d crops -> %s", len(table), out_csv)

@@ -1,6 +1,7 @@
 """The predictions store, in the challenge's layout: one Zarr group per crop id, one array per
-class (`{crop_id}/{class}`), uint8 0/1 for semantic classes and uint32 instance ids for
-instance classes, each with voxel_size and translation attributes.
+class of the ontology, atomic and group alike (`{crop_id}/{class}`), uint8 0/1 for semantic
+classes and uint32 instance ids for instance classes, each with voxel_size and translation
+attributes.
 
 The one owner of that layout: prediction creates stores through `writing` and `create_crop`,
 evaluation and the report open them with `open_store` and get checked arrays from
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.classes import Ontology
 from cellmapseg.errors import InputError
 from cellmapseg.layout import PREDICTIONS_STORE
 
@@ -70,13 +71,13 @@ def gather(out: Path, crop_stores: Mapping[str, Path], attrs: Mapping[str, objec
 
 
 def create_crop(root: zarr.Group, crop_id: str, shape: tuple[int, ...],
-                spacing: Sequence[float]) -> dict[str, zarr.Array]:
-    """Every class array of one crop, zero-filled."""
+                spacing: Sequence[float], ontology: Ontology) -> dict[str, zarr.Array]:
+    """Every class array of one crop (atomic classes, then groups), zero-filled."""
     group = root.create_group(crop_id)
     chunks = tuple(min(CHUNK, n) for n in shape)
     arrays = {}
-    for name in CLASS_NAMES:
-        dtype = np.uint32 if name in INSTANCE_CLASSES else np.uint8
+    for name in ontology.names:
+        dtype = np.uint32 if ontology.is_instance(name) else np.uint8
         arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
         arr.attrs.update({"voxel_size": list(map(float, spacing)), "translation": [0.0] * 3})
         arrays[name] = arr

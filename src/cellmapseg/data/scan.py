@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cellmapseg.classes import MAX_LABEL
 from cellmapseg.data.nifti import stream_voxels
 
 
@@ -77,19 +76,30 @@ class ImageScan:
 
 @dataclass
 class LabelScan:
-    """Voxels per label value 0..MAX_LABEL, and every value outside that range."""
+    """Voxels per label value 0..max(labels), and every value that is neither 0 nor one of
+    `labels` (the ontology's label values)."""
 
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(MAX_LABEL + 1, np.int64))
+    labels: tuple[int, ...]
+    counts: np.ndarray = field(init=False)
     bad: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        top = max(self.labels, default=0)
+        self.counts = np.zeros(top + 1, np.int64)
+        self._allowed = np.zeros(top + 1, bool)
+        self._allowed[[0, *self.labels]] = True
 
     def add(self, chunk: np.ndarray) -> None:
         if chunk.size == 0:
             return
-        if chunk.min() < 0 or chunk.max() > MAX_LABEL:
-            outside = (chunk < 0) | (chunk > MAX_LABEL)
+        top = self.counts.size - 1
+        if chunk.min() < 0 or chunk.max() > top:
+            outside = (chunk < 0) | (chunk > top)
             self.bad.update(int(v) for v in np.unique(chunk[outside]))
             chunk = chunk[~outside]
-        self.counts += np.bincount(chunk.astype(np.int64), minlength=MAX_LABEL + 1)[: MAX_LABEL + 1]
+        counts = np.bincount(chunk.astype(np.int64), minlength=top + 1)[: top + 1]
+        self.bad.update(int(v) for v in np.flatnonzero(counts & ~self._allowed))
+        self.counts += counts
 
 
 def scan_image(path: str | Path) -> ImageScan:
@@ -99,8 +109,8 @@ def scan_image(path: str | Path) -> ImageScan:
     return scan
 
 
-def scan_label(path: str | Path) -> LabelScan:
-    scan = LabelScan()
+def scan_label(path: str | Path, labels: tuple[int, ...]) -> LabelScan:
+    scan = LabelScan(labels)
     for chunk in stream_voxels(path):
         scan.add(chunk)
     return scan

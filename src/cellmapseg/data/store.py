@@ -39,12 +39,12 @@ import numpy as np
 
 from cellmapseg.atomic import write_json
 from cellmapseg.data import nifti
-from cellmapseg.data.loading import mask_from_string
+from cellmapseg.data.loading import mask_from_string, row_channels, row_mask
 from cellmapseg.data.volumes import Volume
 from cellmapseg.errors import InputError
 
 ALIGN = 4096
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: each crop records its number of channels
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +59,7 @@ def fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
         files = [Path(r["image"]), Path(r["label"])]
         stats = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         parts.append([r["crop"], str(files[0]), str(files[1]), int(r["d"]), int(r["h"]),
-                      int(r["w"]), str(r["compact_image_dtype"]), stats])
+                      int(r["w"]), str(r["compact_image_dtype"]), row_channels(r), stats])
     blob = json.dumps([FORMAT_VERSION, parts]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -206,13 +206,11 @@ def _build(path: Path, rows: list[Mapping[str, Any]], fp: str, workers: int) -> 
 def _entry(row: Mapping[str, Any], offset: int) -> dict[str, Any]:
     shape = [int(row["d"]), int(row["h"]), int(row["w"])]
     dtype = np.dtype(row["compact_image_dtype"])
-    text = row["annotated_classes"]
-    mask = mask_from_string(text if isinstance(text, str) else "",
-                            f"crop {row['crop']}: annotated_classes")
+    mask = row_mask(row)
     return {
         "name": str(row["crop"]), "shape": shape, "image_dtype": dtype.str,
         "mean": float(row["image_mean"]), "std": float(row["image_std"]),
-        "annotated_classes": [int(i) for i in np.flatnonzero(mask)],
+        "annotated_classes": [int(i) for i in np.flatnonzero(mask)], "channels": mask.size,
         "image_offset": offset,
         "label_offset": offset + _aligned(int(np.prod(shape)) * dtype.itemsize),
     }
@@ -285,5 +283,6 @@ class StoreSource:
                               c["image_offset"]).reshape(shape, order="F")
         label = np.frombuffer(buf, np.uint8, int(np.prod(shape)),
                               c["label_offset"]).reshape(shape, order="F")
-        mask = mask_from_string(",".join(map(str, c["annotated_classes"])), c["name"])
+        mask = mask_from_string(",".join(map(str, c["annotated_classes"])), c["name"],
+                                int(c["channels"]))
         return Volume(c["name"], image, label, mask, float(c["mean"]), float(c["std"]))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from cellmapseg.classes import CLASS_NAMES
+from cellmapseg.classes import Ontology
 from cellmapseg.evaluate.instance import instance_metrics
 from cellmapseg.evaluate.metrics import dice, iou
 
@@ -58,10 +58,10 @@ def instance_class(rows: pd.DataFrame) -> dict[str, Any]:
             "skipped_crops": skipped}
 
 
-def pool_classes(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Pooled scores of every class with at least one row, in CLASS_NAMES order."""
+def pool_classes(rows: pd.DataFrame, ontology: Ontology) -> dict[str, dict[str, Any]]:
+    """Pooled scores of every class with at least one row, in the ontology's order."""
     out: dict[str, dict[str, Any]] = {}
-    for name in CLASS_NAMES:
+    for name in ontology.names:
         mine = rows[rows["class"] == name]
         if mine.empty:
             continue
@@ -74,9 +74,42 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def summarise(rows: pd.DataFrame, crops: Sequence[str]) -> dict[str, Any]:
-    """eval_summary.json content from the per-(crop, class) rows."""
-    classes = pool_classes(rows)
+def _score(entry: dict[str, Any]) -> float:
+    return entry["combined"] if entry["kind"] == "instance" else entry["iou"]
+
+
+def leaderboard(classes: dict[str, dict[str, Any]], ontology: Ontology) -> dict[str, Any]:
+    """The score as the challenge computes it over the tested classes (classes.tested): a
+    tested class the ontology does not predict scores 0 (the challenge scores an unsubmitted
+    class as all false negatives); one the model predicts but no scored crop annotates cannot
+    be estimated here and is left out, and said so. Instance or semantic: classes.instance."""
+    tested = list(ontology.tested)
+    scores: dict[str, float] = {}
+    not_predicted = [t for t in tested if t not in ontology.names]
+    no_truth = [t for t in tested if t in ontology.names and t not in classes]
+    for t in tested:
+        if t in not_predicted:
+            scores[t] = 0.0
+        elif t in classes:
+            scores[t] = _score(classes[t])
+    instance = [scores[t] for t in scores if ontology.is_instance(t)]
+    semantic = [scores[t] for t in scores if not ontology.is_instance(t)]
+    covered = len(tested) - len(not_predicted)
+    line = (f"covers {covered} of {len(tested)} tested classes ({len(not_predicted)} not "
+            f"predicted score 0)")
+    if no_truth:
+        line += f"; {len(no_truth)} predicted but unannotated in these crops left out"
+    inst, sem = _mean(instance), _mean(semantic)
+    return {"tested": tested, "n_tested": len(tested), "covered": covered,
+            "not_predicted": not_predicted, "no_truth": no_truth, "scores": scores,
+            "semantic_mean_iou": sem, "instance_mean_combined": inst,
+            "overall": math.sqrt(inst * sem), "line": line}
+
+
+def summarise(rows: pd.DataFrame, crops: Sequence[str], ontology: Ontology) -> dict[str, Any]:
+    """eval_summary.json content from the per-(crop, class) rows: scores over the classes
+    scored, and the leaderboard's view over the tested classes."""
+    classes = pool_classes(rows, ontology)
     semantic = _mean([c["iou"] for c in classes.values() if c["kind"] == "semantic"])
     instance = _mean([c["combined"] for c in classes.values() if c["kind"] == "instance"])
     return {
@@ -84,8 +117,10 @@ def summarise(rows: pd.DataFrame, crops: Sequence[str]) -> dict[str, Any]:
         "reference": REFERENCE,
         "crops": list(crops),
         "n_crops": len(crops),
+        "ontology": ontology.summary(),
         "classes": classes,
         "semantic_mean_iou": semantic,
         "instance_mean_combined": instance,
         "overall": math.sqrt(instance * semantic),
+        "leaderboard": leaderboard(classes, ontology),
     }

@@ -4,7 +4,9 @@ Every input is checked (store, crop groups, class arrays, shapes, dtypes, voxel 
 files) before any voxel is scored, and both outputs are written atomically at the end, so a bad
 input raises one InputError line and leaves nothing behind. Each crop is scored only on its
 annotated classes (the challenge scores exactly the classes present in a crop's truth group,
-submission.py `get_evaluation_args`).
+submission.py `get_evaluation_args`): its annotated atomic classes, and each group all of whose
+members it annotates (a union is known only where every member is; classes.Ontology.annotated).
+A group's truth is the union of its members' label values.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import zarr
 
 from cellmapseg.atomic import atomic_path, write_json
 from cellmapseg.blockwise import ScratchArray, ValueMask
-from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.classes import Ontology
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import predictions
 from cellmapseg.data.datalist import parse_annotated_classes
@@ -50,6 +51,7 @@ class CropJob:
     label: Path
     shape: tuple[int, int, int]
     classes: tuple[int, ...]  # annotated channels, ascending
+    channels: int  # atomic classes of the ontology
 
 
 def _load_inventory(inventory: Path | pd.DataFrame) -> pd.DataFrame:
@@ -59,40 +61,44 @@ def _load_inventory(inventory: Path | pd.DataFrame) -> pd.DataFrame:
     return inventory_mod.read_inventory(inventory, inventory_mod.CROP_COLUMNS)
 
 
-def _classes(text: Any, crop: str) -> tuple[int, ...]:
+def _classes(text: Any, crop: str, channels: int) -> tuple[int, ...]:
     text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
     try:
-        return tuple(sorted(parse_annotated_classes(text, f"crop {crop} annotated_classes")))
+        return tuple(sorted(parse_annotated_classes(text, f"crop {crop} annotated_classes",
+                                                    channels)))
     except InputError as exc:
         raise InputError(str(exc).splitlines()[0]) from exc
 
 
-def _job(row: pd.Series) -> CropJob:
+def _job(row: pd.Series, ontology: Ontology) -> CropJob:
     shape = (int(row["d"]), int(row["h"]), int(row["w"]))
+    n = ontology.num_channels
     return CropJob(str(row["crop"]), str(row["crop_id"]), Path(str(row["label"])), shape,
-                   _classes(row["annotated_classes"], str(row["crop"])))
+                   _classes(row["annotated_classes"], str(row["crop"]), n), n)
 
 
-def check_crop(store: zarr.Group, path: Path, job: CropJob, voxel: tuple[float, ...]) -> None:
+def check_crop(store: zarr.Group, path: Path, job: CropJob, voxel: tuple[float, ...],
+               ontology: Ontology) -> None:
     """Raise InputError (one line naming crop/class/file) on the first problem with a crop."""
     header = read_header(job.label)
     if header.shape3d != job.shape:
         raise InputError(f"{job.label}: label shape {header.shape} != inventory shape {job.shape} "
                          f"(crop {job.crop})")
     predictions.crop_arrays(store, path, job.crop_id, job.crop, job.shape,
-                            [CLASS_NAMES[c] for c in job.classes], voxel)
+                            ontology.annotated(job.classes), voxel)
 
 
-def _semantic_row(arr: zarr.Array, truth: ScratchArray, c: int, block: int) -> dict[str, Any]:
-    n = semantic_counts(arr, truth, c + 1, block)
+def _semantic_row(arr: zarr.Array, truth: ScratchArray, values: tuple[int, ...], block: int
+                  ) -> dict[str, Any]:
+    n = semantic_counts(arr, truth, values, block)
     return {"kind": "semantic", "tp": n.tp, "fp": n.fp, "fn": n.fn,
             "iou": iou(n.tp, n.fp, n.fn), "dice": dice(n.tp, n.fp, n.fn),
             "n_pred": n.tp + n.fp, "n_true": n.tp + n.fn, "guard": ""}
 
 
-def _instance_row(arr: zarr.Array, truth: ScratchArray, c: int, voxel: tuple[float, ...],
-                  block: int, scratch: Path) -> dict[str, Any]:
-    s = score_instances(arr, ValueMask(truth, c + 1), voxel, block=block, scratch=scratch)
+def _instance_row(arr: zarr.Array, truth: ScratchArray, values: tuple[int, ...],
+                  voxel: tuple[float, ...], block: int, scratch: Path) -> dict[str, Any]:
+    s = score_instances(arr, ValueMask(truth, values), voxel, block=block, scratch=scratch)
     f1, mean, combined = s.metrics()
     return {"kind": "instance", "tp": s.tp, "fp": s.fp, "fn": s.fn, "f1": f1,
             "mean_norm_hausdorff": mean, "combined": combined, "n_pred": s.n_pred,
@@ -101,25 +107,25 @@ def _instance_row(arr: zarr.Array, truth: ScratchArray, c: int, voxel: tuple[flo
 
 
 def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...], block: int,
-               scratch: Path) -> list[dict[str, Any]]:
+               scratch: Path, ontology: Ontology) -> list[dict[str, Any]]:
     """One row per annotated class of a crop (inputs already checked). The label is
     decompressed once into a scratch copy in `scratch` and read block by block from there."""
     group = store[job.crop_id]
     rows = []
     with tempfile.TemporaryDirectory(prefix=".scoring-", dir=scratch) as tmp:
-        truth = stream_to_npy(job.label, np.dtype(np.uint8), Path(tmp) / "label.npy")
-        for c in job.classes:
-            name = CLASS_NAMES[c]
-            arr = group[name]
-            row = (_instance_row(arr, truth, c, voxel, block, Path(tmp))
-                   if name in INSTANCE_CLASSES else _semantic_row(arr, truth, c, block))
+        truth = stream_to_npy(job.label, ontology.label_dtype, Path(tmp) / "label.npy")
+        for name in ontology.annotated(job.classes):
+            arr, values = group[name], ontology.label_values(name)
+            row = (_instance_row(arr, truth, values, voxel, block, Path(tmp))
+                   if ontology.is_instance(name) else _semantic_row(arr, truth, values, block))
             rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": name, **row})
     log.info("scored %s (%d classes)", job.crop, len(rows))
     return rows
 
 
 def score_table(predictions_path: Path, inventory: Path | pd.DataFrame,
-                spacing_nm: Sequence[float], scratch: Path, crops: Sequence[str] | None = None,
+                spacing_nm: Sequence[float], scratch: Path, ontology: Ontology,
+                crops: Sequence[str] | None = None,
                 block: int = 128) -> tuple[pd.DataFrame, list[str]]:
     """eval.csv's rows for the validation crops (or `crops`) and the names of the crops scored;
     scratch copies go to `scratch`. Raises InputError, before scoring any voxel, when any
@@ -128,13 +134,14 @@ def score_table(predictions_path: Path, inventory: Path | pd.DataFrame,
     if len(voxel) != 3 or min(voxel) <= 0:
         raise InputError(f"spacing_nm: expected 3 positive values, got {list(spacing_nm)}")
     chosen = inventory_mod.select(_load_inventory(inventory), crops, "evaluate")
-    jobs = [_job(row) for _, row in chosen.iterrows()]
+    jobs = [_job(row, ontology) for _, row in chosen.iterrows()]
     path = predictions.locate(predictions_path)
     store = predictions.open_store(path)
     for job in jobs:
-        check_crop(store, path, job, voxel)
+        check_crop(store, path, job, voxel, ontology)
     scratch.mkdir(parents=True, exist_ok=True)
-    rows = [row for job in jobs for row in score_crop(store, job, voxel, block, scratch)]
+    rows = [row for job in jobs
+            for row in score_crop(store, job, voxel, block, scratch, ontology)]
     return _table(rows), [job.crop for job in jobs]
 
 
@@ -165,25 +172,25 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def write_outputs(table: pd.DataFrame, crops: Sequence[str], out_csv: Path,
-                  out_summary: Path) -> dict:
-    summary = summarise(table, list(crops))
+                  out_summary: Path, ontology: Ontology) -> dict:
+    summary = summarise(table, list(crops), ontology)
     write_table(table, out_csv)
     write_json(out_summary, _json_safe(summary))
     return summary
 
 
 def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
-             out_csv: Path, out_summary: Path, crops: list[str] | None = None,
-             block: int = 128) -> dict:
+             out_csv: Path, out_summary: Path, ontology: Ontology,
+             crops: list[str] | None = None, block: int = 128) -> dict:
     """Score the validation crops (or `crops`); write eval.csv and eval_summary.json; return
     the summary. Raises InputError, writing nothing, when any input is wrong."""
     table, scored = score_table(predictions_path, inventory, spacing_nm, Path(out_csv).parent,
-                                crops, block)
-    return write_outputs(table, scored, out_csv, out_summary)
+                                ontology, crops, block)
+    return write_outputs(table, scored, out_csv, out_summary, ontology)
 
 
 def gather(tables: Sequence[Path], crops: Sequence[str], out_csv: Path,
-           out_summary: Path) -> dict:
+           out_summary: Path, ontology: Ontology) -> dict:
     """eval.csv and eval_summary.json from per-crop tables (`tables[i]` holds the rows of
     `crops[i]`), the same files as one evaluate over every crop."""
     if len(tables) != len(crops):
@@ -195,7 +202,7 @@ def gather(tables: Sequence[Path], crops: Sequence[str], out_csv: Path,
             raise InputError(f"{path}: rows of crops {sorted(set(part['crop']))}, expected {crop}")
         parts.append(part)
     return write_outputs(_table(pd.concat(parts, ignore_index=True)), crops, out_csv,
-                         out_summary)
+                         out_summary, ontology)
 
 
 def _json_safe(obj: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cellmapseg.blockwise import slices, spans
+from cellmapseg.blockwise import in_values, slices, spans
 from cellmapseg.evaluate.metrics import Counts, count_block
 
 
@@ -25,12 +25,15 @@ def block_shape(shape: Sequence[int], block: int, chunks: Sequence[int] | None) 
     return tuple(max(1, min(e, n)) for e, n in zip(edges, shape, strict=True))
 
 
-def semantic_counts(pred: Any, truth_label: Any, value: int, block: int = 128) -> Counts:
-    """Counts of `pred > 0` against `truth_label == value`, read one block at a time.
+def semantic_counts(pred: Any, truth_label: Any, values: int | Sequence[int],
+                    block: int = 128) -> Counts:
+    """Counts of `pred > 0` against the voxels of `truth_label` holding one of `values` (an
+    atomic class's label value, or a group's members' values), read one block at a time.
 
     `pred` is a Zarr array or anything sliceable with `.shape` (ndarray, memory-map);
-    `truth_label` holds label values (class c has value c + 1) and has the same shape.
+    `truth_label` holds label values and has the same shape.
     """
+    values = (values,) if isinstance(values, (int, np.integer)) else tuple(values)
     shape = tuple(pred.shape)
     if tuple(truth_label.shape) != shape:
         raise ValueError(f"prediction shape {shape} != truth shape {tuple(truth_label.shape)}")
@@ -38,5 +41,6 @@ def semantic_counts(pred: Any, truth_label: Any, value: int, block: int = 128) -
     total = Counts()
     for core in spans(shape, edges):
         sl = slices(core)
-        total += count_block(np.asarray(pred[sl]) > 0, np.asarray(truth_label[sl]) == value)
+        truth = in_values(np.asarray(truth_label[sl]), values)
+        total += count_block(np.asarray(pred[sl]) > 0, truth)
     return total

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 def _detail(exc: BaseException | str) -> str:
     return " ".join(str(exc).split())[:200]
+
+
+def identity(network: dict[str, Any], atomic: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint's weights fit: the network section and the classes of its output
+    channels (a checkpoint of other classes has other heads, or the same heads meaning other
+    classes)."""
+    return {**network, "classes": list(atomic)}
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:

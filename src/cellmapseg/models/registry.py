@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import ModelConfig
 from cellmapseg.errors import ConfigError
 from cellmapseg.models.flexunet import FlexUNet
@@ -23,8 +22,7 @@ def network_type(m: ModelConfig) -> NetworkType:
     return NETWORKS[kind]
 
 
-def build_network(m: ModelConfig, in_channels: int = 1,
-                  out_channels: int = NUM_CLASSES) -> nn.Module:
+def build_network(m: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     """Network whose forward returns [full-res logits, coarser logits...] (eval: may be just
     [full-res])."""
     return network_type(m).build(m, in_channels, out_channels)

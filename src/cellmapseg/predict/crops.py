@@ -1,8 +1,10 @@
 """Predict crops with a trained model into the predictions store, in bounded memory.
 
 Each image is streamed into a scratch .npy (predict.image) and predicted block by block
-(predict.blocks). Semantic classes become uint8 0/1 masks; instance classes (`nuc`) become
-uint32 connected-component ids (26-connectivity), labelled block by block and merged. The store
+(predict.blocks). The network predicts the atomic classes; each group class is composed in the
+same block as the union of its members' thresholded masks (groups are never trained). Semantic
+classes become uint8 0/1 masks; instance classes, atomic or group, become uint32
+connected-component ids (26-connectivity), labelled block by block and merged. The store
 (data.predictions) is written under a temporary name and renamed when every crop is done.
 """
 
@@ -20,7 +22,7 @@ import torch
 import zarr
 
 from cellmapseg.blockwise import label_block, merge
-from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.classes import Ontology
 from cellmapseg.config import Config, ModelConfig
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import nifti, predictions
@@ -36,9 +38,11 @@ log = logging.getLogger(__name__)
 FLIPS = ((), (0,), (1,), (2,))
 
 
-def load_model(model: ModelConfig, path: Path, device: torch.device) -> tuple[Net, dict]:
-    state = checkpoint.load(path, model.name, model.network.as_dict())
-    net = Net(model)
+def load_model(model: ModelConfig, ontology: Ontology, path: Path, device: torch.device
+               ) -> tuple[Net, dict]:
+    state = checkpoint.load(path, model.name,
+                            checkpoint.identity(model.network.as_dict(), ontology.atomic))
+    net = Net(model, ontology.atomic)
     net.load_state_dict(state["model"])
     return net.to(device).eval(), {"epoch": int(state["epoch"]), "step": int(state["step"]),
                                    "best_score": float(state["best_score"])}
@@ -67,22 +71,34 @@ def predict_crop(net: Net, row: dict[str, Any], image: Any, cfg: Config, roi: Se
     if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
         raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
                          "inventory")
-    arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm)
-    counts = dict.fromkeys(INSTANCE_CLASSES, 0)
+    ontology = cfg.classes
+    arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm,
+                                     ontology)
+    counts = {name: 0 for name in ontology.names if ontology.is_instance(name)}
     block = [cfg.inference.block_size] * 3
     flips = FLIPS if cfg.inference.tta_flips else ((),)
+    thresholds = cfg.inference.thresholds(ontology.num_channels)
     with torch.no_grad():
         for core, logits in predict_blocks(net.predict, image, float(row["image_mean"]),
                                            float(row["image_std"]), roi, cfg.inference,
                                            block, device, flips):
-            binary = binarise(logits[None], cfg.inference.thresholds())[0].numpy()
-            for c, name in enumerate(CLASS_NAMES):
+            binary = binarise(logits[None], thresholds)[0].numpy()
+            for name, mask in class_masks(binary, ontology):
                 if name in counts:
-                    arrays[name][core], n = label_block(binary[c], counts[name])
+                    arrays[name][core], n = label_block(mask, counts[name])
                     counts[name] += n
                 else:
-                    arrays[name][core] = binary[c].astype(np.uint8)
+                    arrays[name][core] = mask.astype(np.uint8)
     return {name: merge(arrays[name], block, counts[name]) for name in counts}
+
+
+def class_masks(binary: np.ndarray, ontology: Ontology) -> Iterator[tuple[str, np.ndarray]]:
+    """(class, bool mask) of every class from a block's thresholded atomic channels: an atomic
+    class is its channel, a group the union (OR) of its members' channels."""
+    for name in ontology.names:
+        members = ontology.members(name)
+        yield name, (binary[members[0]] if len(members) == 1
+                     else np.logical_or.reduce(binary[list(members)], axis=0))
 
 
 def prediction_device(cfg: Config) -> torch.device:
@@ -105,7 +121,7 @@ def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.Dat
     With the caching `selection` training used, a crop its store holds on this node is read
     from there instead of its NIfTI."""
     device = prediction_device(cfg)
-    net, info = load_model(model, ckpt, device)
+    net, info = load_model(model, cfg.classes, ckpt, device)
     rows = inventory_mod.select(inventory, crops, "predict").to_dict("records")
     settings = from_selection(cfg.caching, selection) if selection else None
     instances, sources = {}, {}
@@ -123,7 +139,8 @@ def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.Dat
             "model": model.name, "checkpoint": str(ckpt), **info, "device": device.type,
             "crops": [r["crop_id"] for r in rows], "crop_names": [r["crop"] for r in rows],
             "instances": instances, "image_sources": sources,
-            "thresholds": cfg.inference.thresholds(),
+            "thresholds": cfg.inference.thresholds(cfg.classes.num_channels),
+            "classes": cfg.classes.summary(),
             "tta_flips": cfg.inference.tta_flips, "block_size": cfg.inference.block_size,
             "voxel_size": list(cfg.data.spacing_nm)}
         root.attrs.update(manifest)
@@ -131,7 +148,7 @@ def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.Dat
 
 
 SHARED_KEYS = ("model", "checkpoint", "epoch", "step", "best_score", "device", "thresholds",
-               "tta_flips", "block_size", "voxel_size")
+               "tta_flips", "block_size", "voxel_size", "classes")
 
 
 def merge_manifests(manifests: Mapping[Path, Mapping[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from cellmapseg.atomic import write_json
-from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import Config
 from cellmapseg.data import nifti
 from cellmapseg.data.caching import is_small
@@ -57,7 +57,7 @@ def data_totals(inv: pd.DataFrame, cfg: Config) -> dict[str, Any]:
         "large_voxels": int(sum(int(r["voxels"]) for r in large)),
         "large_store_bytes": store_bytes(large),
         "largest_large_crop_bytes": max((int(r["compact_bytes"]) for r in large), default=0),
-        "spec_cache_bytes_per_voxel_formula": 4 + 4 * NUM_CLASSES,
+        "spec_cache_bytes_per_voxel_formula": 4 + 4 * cfg.classes.num_channels,
     }
 
 
@@ -104,11 +104,14 @@ def _probe_caching(cfg: Config, root: Path) -> dict[str, Any]:
 
 
 def measure(strategy: str, rows: pd.DataFrame, caching: dict[str, Any], nproc: int,
-            roi: list[int], patches: int, workdir: Path) -> dict[str, Any]:
+            roi: list[int], patches: int, workdir: Path, labels: Sequence[int]
+            ) -> dict[str, Any]:
+    """Peak memory of `nproc` ranks holding `rows` under `strategy`; `labels` are the label
+    values the spec's baseline one-hots (its channels)."""
     spec = workdir / f"spec_{strategy}.json"
     out = workdir / f"ranks_{strategy}.json"
     write_json(spec, {"strategy": strategy, "rows": rows.to_dict("records"), "caching": caching,
-                      "roi": roi, "patches": patches})
+                      "roi": roi, "patches": patches, "labels": list(labels)})
     cmd = torchrun_command(nproc, "cellmapseg.probe.rank", [spec, out])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
                           "OMP_NUM_THREADS": "1"})
@@ -173,7 +176,8 @@ def run_probe(cfg: Config, inventory_csv: str | Path, out_json: str | Path) -> d
                 continue
             log.info("probe: %d ranks x %d crops under strategy %s", nproc, len(rows), strategy)
             result["measurements"][strategy] = measure(
-                strategy, rows, caching, nproc, roi, cfg.caching.probe_patches, root)
+                strategy, rows, caching, nproc, roi, cfg.caching.probe_patches, root,
+                cfg.classes.labels)
     finally:
         for folder in (root, Path(caching["store_dir"]), Path(caching["disk_dir"])):
             shutil.rmtree(folder, ignore_errors=True)

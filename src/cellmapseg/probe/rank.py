@@ -74,7 +74,8 @@ def main(spec_path: str, out_path: str) -> None:
     warm_up(spec)
     before = smaps.read()
     if spec["strategy"] == "spec":  # the spec's design: a CacheDataset in every rank
-        held = spec_cache([{"image": r["image"], "label": r["label"]} for r in spec["rows"]])
+        held = spec_cache([{"image": r["image"], "label": r["label"]} for r in spec["rows"]],
+                          spec["labels"])
         checksum = cached_nbytes(held)
     else:
         held = open_source(spec["strategy"], pd.DataFrame(spec["rows"]),

@@ -10,20 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellmapseg.classes import NUM_CLASSES
 
-
-def spec_static_transforms() -> Any:  # a MONAI Compose
+def spec_static_transforms(labels: Sequence[int]) -> Any:  # a MONAI Compose
     import monai.transforms as mt
 
     class ToOneHot(mt.MapTransform):
-        """Label values 1..14 -> 14 float32 channels (the spec's IntegerLabelToMultiChanneld)."""
+        """Label values -> one float32 channel each (the spec's IntegerLabelToMultiChanneld)."""
 
         def __call__(self, data: dict) -> dict:
             d = dict(data)
             lab = np.asarray(d["label"])[0]
             d["label"] = torch.from_numpy(
-                np.stack([(lab == c + 1).astype(np.float32) for c in range(NUM_CLASSES)])
+                np.stack([(lab == v).astype(np.float32) for v in labels])
             )
             return d
 
@@ -35,11 +33,12 @@ def spec_static_transforms() -> Any:  # a MONAI Compose
     ])
 
 
-def spec_cache(files: Sequence[dict[str, str]]) -> list[dict]:
-    """What the spec's CacheDataset holds for `files` ({"image", "label"} paths), per process."""
+def spec_cache(files: Sequence[dict[str, str]], labels: Sequence[int]) -> list[dict]:
+    """What the spec's CacheDataset holds for `files` ({"image", "label"} paths), per process,
+    with one channel per label value of `labels`."""
     import monai.data as md
 
-    cache = md.CacheDataset(list(files), transform=spec_static_transforms(), cache_rate=1.0,
+    cache = md.CacheDataset(list(files), transform=spec_static_transforms(labels), cache_rate=1.0,
                             num_workers=0, progress=False)
     return [cache[i] for i in range(len(cache))]
 

@@ -1,20 +1,27 @@
 """The label of a synthetic crop: cells in extracellular space, a plasma membrane shell, a
-nucleus, and organelles with membrane/lumen pairs placed in the free cytoplasm."""
+nucleus, and organelles with membrane/lumen pairs placed in the free cytoplasm.
+
+The painter knows the spec's 14 classes (KINDS) and paints them with the internal values 1-14;
+any other class of an ontology is painted as small round bodies in the cytoplasm left over,
+with the internal values 15 and up (`extras`). synthetic.generate maps internal values to the
+ontology's label values."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellmapseg.classes import CLASS_NAMES
-
+# The classes the painter draws as biology, in the order of their internal values 1-14.
+KINDS: tuple[str, ...] = (
+    "ecs", "pm", "mito_mem", "mito_lum", "mito_ribo", "golgi_mem", "golgi_lum",
+    "ves_mem", "ves_lum", "endo_mem", "endo_lum", "er_mem", "er_lum", "nuc",
+)
 (ECS, PM, MITO_MEM, MITO_LUM, MITO_RIBO, GOLGI_MEM, GOLGI_LUM, VES_MEM, VES_LUM, ENDO_MEM,
- ENDO_LUM, ER_MEM, ER_LUM, NUC) = (CLASS_NAMES.index(n) + 1 for n in (
-    "ecs", "pm", "mito_mem", "mito_lum", "mito_ribo", "golgi_mem", "golgi_lum", "ves_mem",
-    "ves_lum", "endo_mem", "endo_lum", "er_mem", "er_lum", "nuc"))
+ ENDO_LUM, ER_MEM, ER_LUM, NUC) = range(1, len(KINDS) + 1)
+_EXTRA_DENSITY = 2.0  # round bodies per other class per 64^3 voxels
 
 _REF_VOXELS = 64**3  # organelle densities below are per 64^3 voxels
 _DENSITY = {"golgi": 0.4, "mito": 10.0, "endo": 4.0, "ves": 30.0, "er": 10.0}
@@ -55,8 +62,10 @@ _Builder = Callable[[np.random.Generator, np.ndarray, tuple[int, ...]], _Object]
 
 
 def paint_label(rng: np.random.Generator, shape: tuple[int, ...], typical: float,
-                names: set[str]) -> np.ndarray:
-    """Full label (uint8 values) of one crop; a kind among `names` is always placed."""
+                names: set[str], extras: Sequence[tuple[int, bool]] = ()) -> np.ndarray:
+    """Full label (uint8 internal values) of one crop; a kind among `names` is always placed.
+    `extras`: (internal value, forced) of each class beyond KINDS, painted last (a forced one
+    at least once)."""
     canvas = _cell_canvas(rng, shape, typical)
     if "nuc" in names or rng.random() < 0.5:
         nucleus = _nucleus(rng, canvas, typical)
@@ -73,7 +82,21 @@ def paint_label(rng: np.random.Generator, shape: tuple[int, ...], typical: float
                 _ribosomes(rng, canvas, mito)
     n_er = int(rng.poisson(_DENSITY["er"] * scale))
     _er(rng, canvas, max(n_er, int(any(n.startswith("er") for n in names))))
+    for value, forced in extras:
+        _bodies(rng, canvas, value, max(int(rng.poisson(_EXTRA_DENSITY * scale)), int(forced)))
     return canvas.label
+
+
+def _bodies(rng: np.random.Generator, canvas: _Canvas, value: int, n: int) -> None:
+    """`n` round bodies of one extra class in the cytoplasm nothing else holds yet."""
+    for _ in range(n):
+        free = np.flatnonzero((canvas.label == 0) & canvas.cells)
+        if free.size == 0:
+            return
+        center = np.array(np.unravel_index(free[rng.integers(free.size)], canvas.shape))
+        box, d = _sphere(center + rng.uniform(-0.5, 0.5, 3), canvas.shape, rng.uniform(2.0, 4.0))
+        write = (d <= 0) & (canvas.label[box] == 0) & canvas.cells[box]
+        canvas.label[box][write] = value
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], corr: float) -> np.ndarray:

@@ -49,12 +49,23 @@ def appearances(cfg: SyntheticConfig) -> list[Appearance]:
 # ------------------------------------------------------------------------------------ image
 
 
+def _tables(top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and texture per internal value 0..top: the 14 kinds' own, then a spread of
+    intensities for the extra classes (geometry.extras) so that each looks distinct."""
+    extra = np.arange(max(top + 1 - _BASE.size, 0))
+    base = np.concatenate([_BASE, (60 + (extra * 47) % 140).astype(np.float32)])
+    texture = np.concatenate([_TEXTURE, np.full(extra.size, 4.0, np.float32)])
+    return base, texture
+
+
 def render(rng: np.random.Generator, label: np.ndarray, look: Appearance) -> np.ndarray:
-    """EM-like intensities: class means + texture, chromatin, PSF blur, dataset contrast, noise."""
+    """EM-like intensities: class means + texture, chromatin, PSF blur, dataset contrast, noise.
+    `label` holds the painter's internal values (geometry)."""
     shape = label.shape
     texture = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.2)
     texture /= texture.std() + 1e-6
-    image = _BASE[label] + _TEXTURE[label] * texture
+    base, amplitude = _tables(int(label.max()) if label.size else 0)
+    image = base[label] + amplitude[label] * texture
     nucleus = label == NUC
     if nucleus.any():
         periphery = nucleus & ~ndi.binary_erosion(nucleus, iterations=3, border_value=1)

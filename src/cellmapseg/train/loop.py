@@ -16,6 +16,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cellmapseg.atomic import atomic_path, write_json
-from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.config import Config, to_dict, to_yaml
 from cellmapseg.data.batch import prepare_batch
 from cellmapseg.layout import TrainFiles
@@ -69,9 +69,9 @@ def inject_fault(fault: tuple[int, int, str] | None, rank: int, step: int) -> No
     raise RuntimeError(f"injected fault: rank {rank} raised after step {step}")
 
 
-def metric_columns() -> list[str]:
+def metric_columns(atomic: Sequence[str]) -> list[str]:
     return ["epoch", "step", "train_loss", "lr", "seconds", "patches_per_s", "peak_host_rss_bytes",
-            "peak_gpu_bytes", "val_dice_mean", *(f"val_dice_{n}" for n in CLASS_NAMES)]
+            "peak_gpu_bytes", "val_dice_mean", *(f"val_dice_{n}" for n in atomic)]
 
 
 class Trainer:
@@ -81,7 +81,7 @@ class Trainer:
         self.paths = TrainFiles(Path(out))
         self.data: TrainData = make_data(cfg, self.m, inventory, selection, d)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.net = Net(self.m).to(d.device)
+        self.net = Net(self.m, cfg.classes.atomic).to(d.device)
         self.parameters = count_parameters(self.net)
         self.model = DDP(self.net, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                          find_unused_parameters=False)
@@ -102,11 +102,12 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------------
 
     def _network_dict(self) -> dict[str, Any]:
-        return self.m.network.as_dict()
+        return checkpoint.identity(self.m.network.as_dict(), self.cfg.classes.atomic)
 
     def _run_config(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed: this model's section and the seed."""
-        return {"seed": self.cfg.seed, "model": to_dict(self.m)}
+        return {"seed": self.cfg.seed, "model": to_dict(self.m),
+                "classes": to_dict(self.cfg.classes)}
 
     def _state(self) -> dict[str, Any]:
         cuda = self.d.device.type == "cuda"
@@ -151,7 +152,7 @@ class Trainer:
         torch.distributed.barrier()
 
     def _write_metrics(self) -> None:
-        frame = pd.DataFrame(self.history, columns=metric_columns())
+        frame = pd.DataFrame(self.history, columns=metric_columns(self.cfg.classes.atomic))
         with atomic_path(self.paths.metrics) as tmp:
             frame.to_csv(tmp, index=False)
 
@@ -168,7 +169,7 @@ class Trainer:
         for i, batch in enumerate(self.data.loader):
             if i >= micro_steps:
                 break
-            b = prepare_batch(batch, self.d.device)
+            b = prepare_batch(batch, self.cfg.classes.labels, self.d.device)
             last_micro = (i + 1) % accum == 0
             sync = nullcontext() if last_micro else self.model.no_sync()
             with sync:  # Net applies bf16 autocast itself (network, Mixup and loss together)
@@ -193,7 +194,7 @@ class Trainer:
     def _validate(self) -> tuple[float, dict[str, float]]:
         self.net.eval()
         score = validate(self.net.predict, self.data.validation, self.d, self.m.roi_size,
-                         self.cfg.inference)
+                         self.cfg.inference, self.cfg.classes)
         self.net.train()
         return score
 
@@ -230,7 +231,7 @@ class Trainer:
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:
-        rows = pd.DataFrame(self.history, columns=metric_columns())
+        rows = pd.DataFrame(self.history, columns=metric_columns(self.cfg.classes.atomic))
         summary = {
             "model": self.name, "network": self.m.network.type, "parameters": self.parameters,
             "epochs": self.epoch, "steps": self.step, "best_epoch": self.best_epoch,

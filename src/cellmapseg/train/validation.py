@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from cellmapseg.classes import CLASS_NAMES, NUM_CLASSES
+from cellmapseg.classes import Ontology
 from cellmapseg.config import InferenceConfig
 from cellmapseg.data.volumes import Volume, VolumeSource
 from cellmapseg.evaluate.metrics import mean_dice
@@ -35,14 +35,16 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor,
 
 
 def score_volume(predict: Callable[[torch.Tensor], torch.Tensor], volume: Volume,
-                 roi: Sequence[int], cfg: InferenceConfig, device: torch.device) -> np.ndarray:
+                 roi: Sequence[int], cfg: InferenceConfig, device: torch.device,
+                 labels: Sequence[int]) -> np.ndarray:
     """(C, 3) tp, fp, fn of one whole volume, counted block by block on `device` against the
     compact label (predict.blocks, the predict stage's predictor): neither the device nor the
-    host ever holds the crop's logits or its one-hot target, only a block's."""
-    thresholds = cfg.thresholds()
+    host ever holds the crop's logits or its one-hot target, only a block's. Channel c is
+    the label value `labels[c]`."""
+    thresholds = cfg.thresholds(len(labels))
     block = [cfg.block_size] * 3
-    values = torch.arange(1, NUM_CLASSES + 1, device=device, dtype=torch.uint8)
-    counts = torch.zeros((NUM_CLASSES, 3), dtype=torch.long, device=device)
+    values = torch.tensor(list(labels), device=device, dtype=torch.uint8)
+    counts = torch.zeros((len(labels), 3), dtype=torch.long, device=device)
     for core, logits in predict_blocks(predict, volume.image, volume.mean, volume.std, roi, cfg,
                                        block, device, to_cpu=False):
         pred = binarise(logits[None], thresholds)[0]
@@ -53,13 +55,13 @@ def score_volume(predict: Callable[[torch.Tensor], torch.Tensor], volume: Volume
 
 def score_volumes(predict: Callable[[torch.Tensor], torch.Tensor], source: VolumeSource,
                   indices: range, roi: tuple[int, ...], cfg: InferenceConfig,
-                  device: torch.device) -> list[dict]:
+                  device: torch.device, labels: Sequence[int]) -> list[dict]:
     """tp/fp/fn per annotated (crop, channel) for the volumes `indices` of `source`."""
     records = []
     with torch.no_grad():  # `predict` applies the model's own autocast
         for i in indices:
             volume = source.get(i)
-            counts = score_volume(predict, volume, roi, cfg, device)
+            counts = score_volume(predict, volume, roi, cfg, device, labels)
             for c in np.flatnonzero(volume.annotation_mask):
                 tp, fp, fn = (int(v) for v in counts[c])
                 records.append({"crop": volume.name, "channel": int(c), "tp": tp, "fp": fp,
@@ -68,8 +70,9 @@ def score_volumes(predict: Callable[[torch.Tensor], torch.Tensor], source: Volum
 
 
 def validate(predict: Callable[[torch.Tensor], torch.Tensor], source: VolumeSource, d: Dist,
-             roi: tuple[int, ...], cfg: InferenceConfig) -> tuple[float, dict[str, float]]:
+             roi: tuple[int, ...], cfg: InferenceConfig, ontology: Ontology
+             ) -> tuple[float, dict[str, float]]:
     mine = score_volumes(predict, source, range(d.rank, len(source), d.world), roi, cfg,
-                         d.device)
+                         d.device, ontology.labels)
     records = [r for part in all_gather(mine) for r in part]
-    return mean_dice(records, list(CLASS_NAMES))
+    return mean_dice(records, list(ontology.atomic))
