@@ -4,11 +4,13 @@ annotation, label values, and the leaderboard's view of a score."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import zarr
 from conftest import write_nifti
 
@@ -20,6 +22,8 @@ from cellmapseg.evaluate.aggregate import leaderboard, pool_classes, summarise
 from cellmapseg.evaluate.score import score_table
 from cellmapseg.predict.crops import class_masks
 from cellmapseg.synthetic.generate import generate
+
+CHALLENGE = Path(__file__).resolve().parents[1] / "config" / "classes" / "challenge.yaml"
 
 # Three atomic classes with challenge-style (non-contiguous) label values and one group.
 THREE = {
@@ -190,3 +194,30 @@ def test_predictions_hold_every_class_of_the_ontology(tmp_path):
     group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")["crop1"]
     assert sorted(group.array_keys()) == sorted(["ecs", "mito_mem", "mito_lum", "mito"])
     assert group["mito"].dtype == np.uint32 and group["ecs"].dtype == np.uint8
+
+
+def test_class_weights_by_name_follow_the_ontology_and_a_group_weighs_its_members():
+    weights = {"mito_ribo": 4.0, "nuc": 2.0}
+    model = {"network": {"type": "swinunetr"}, "class_weights": weights}
+    spec = from_dict({"models": {"m": model}})
+    w = spec.models["m"].class_weight_list(spec.classes)
+    assert w[spec.classes.channel("mito_ribo")] == 4.0 and w[spec.classes.channel("nuc")] == 2.0
+    assert sum(w) == 14 - 2 + 6
+    challenge = from_dict({**yaml.safe_load(CHALLENGE.read_text()), "models": {"m": model}})
+    o = challenge.classes
+    w = challenge.models["m"].class_weight_list(o)
+    assert {o.atomic[c] for c, v in enumerate(w) if v == 2.0} == {
+        "ne_mem", "ne_lum", "np_out", "np_in", "hchrom", "nhchrom", "echrom", "nechrom",
+        "nucpl", "nucleo"}  # nuc is a group there: its members
+    with pytest.raises(ConfigError, match=r"'models.m.class_weights.foo': 'foo' is not a class"):
+        from_dict({"models": {"m": {**model, "class_weights": {"foo": 1.0}}}})
+
+
+def test_the_shipped_challenge_ontology_has_the_official_ids_and_lists():
+    o = from_dict(yaml.safe_load(CHALLENGE.read_text())).classes
+    assert (o.num_channels, len(o.groups), len(o.tested)) == (53, 21, 48)
+    assert o.label_values("ecs") == (1,) and o.label_values("mito") == (3, 4, 5)
+    assert o.label_values("np") == (22, 23) and o.is_group("nuc") and o.is_instance("nuc")
+    assert sorted(o.instance) == sorted(
+        ["nuc", "vim", "ves", "endo", "lyso", "ld", "perox", "mito", "np", "mt", "cell"])
+    assert set(o.tested) <= set(o.names)

@@ -97,12 +97,29 @@ def _challenge_override(path: Path) -> Path:
     return path
 
 
-def test_the_challenge_ontology_runs_the_dag_on_tiny_data(tmp_path):
+# Classes no training crop of the challenge's manifest annotates (frequency 0 there), drawn here
+# too so that the nucleus' and chromatin's members are among the annotated ones.
+ALSO_DRAWN = ("nhchrom", "nechrom", "nucleo", "ribo")
+
+
+def _challenge_35(path: Path) -> tuple[Path, dict]:
+    """challenge.yaml with 35 of its 53 atomic classes annotated in the synthetic crops: the
+    31 the real training crops annotate and ALSO_DRAWN."""
+    raw = yaml.safe_load(CHALLENGE.read_text())
+    for entry in raw["classes"]["atomic"]:
+        if entry["name"] in ALSO_DRAWN:
+            entry["frequency"] = 0.5
+    path.write_text(yaml.safe_dump(raw))
+    return path, raw["classes"]
+
+
+def test_the_challenge_ontology_runs_the_dag_on_a_35_class_tiny_dataset(tmp_path):
     from slurm_cluster import run_local
 
-    challenge = yaml.safe_load(CHALLENGE.read_text())["classes"]
+    classes, challenge = _challenge_35(tmp_path / "challenge35.yaml")
+    assert sum(c["frequency"] > 0 for c in challenge["atomic"]) == 35
     configs = (ROOT / "config" / "config.yaml", _challenge_override(tmp_path / "quick.yaml"),
-               CHALLENGE)
+               classes)
     proc = run_local(tmp_path, "all", configfiles=configs, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = tmp_path / "results"
@@ -111,7 +128,7 @@ def test_the_challenge_ontology_runs_the_dag_on_tiny_data(tmp_path):
     assert [c["name"] for c in datalist["class_names"]] == atomic
     painted = {int(c) for split in ("training", "validation") for e in datalist[split]
                for c in e["annotated_classes"].split(",") if c}
-    frequent = {i for i, c in enumerate(challenge["atomic"]) if c.get("frequency", 0.5) > 0}
+    frequent = {i for i, c in enumerate(challenge["atomic"]) if c["frequency"] > 0}
     assert painted == frequent  # every class the real crops annotate, and no other
     table = pd.read_csv(results / "segresnet/eval.csv", keep_default_na=False)
     groups = {g["name"] for g in challenge["groups"]}

@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -124,13 +123,22 @@ class ModelConfig:
     ds_weights: tuple[float, ...] | None
     lvl_weights: tuple[float, ...] | None
 
-    def class_weight_list(self, atomic: Sequence[str]) -> list[float]:
+    def class_weight_list(self, ontology: Ontology) -> list[float]:
         """One loss weight per atomic class, in channel order (names and length checked on
-        load)."""
+        load). A mapping may name a group: its weight goes to each member that the mapping
+        does not name itself (so `nuc: 2` means the nucleus whether nuc is atomic or a group)."""
         w = self.class_weights
-        if isinstance(w, dict):
-            return [float(w.get(name, 1.0)) for name in atomic]
-        return [float(v) for v in w] if w else [1.0] * len(atomic)
+        if not isinstance(w, dict):
+            return [float(v) for v in w] if w else [1.0] * ontology.num_channels
+        out = [1.0] * ontology.num_channels
+        for name, weight in w.items():
+            if ontology.is_group(name):
+                for c in ontology.members(name):
+                    if ontology.atomic[c] not in w:
+                        out[c] = float(weight)
+            else:
+                out[ontology.channel(name)] = float(weight)
+        return out
 
     def key(self, field: str) -> str:
         """The dotted config key of one of this model's fields, for messages."""
@@ -282,9 +290,9 @@ def _check_lengths(cfg: Config) -> None:
              **{m.key("class_weights"): m.class_weights for m in cfg.models.values()}}
     lines = [f"config: key '{key}' has {len(v)} values; classes.atomic has {n} classes"
              for key, v in lists.items() if isinstance(v, tuple) and len(v) != n]
-    lines += [f"config: key '{key}.{name}': '{name}' is not an atomic class (classes.atomic)"
+    lines += [f"config: key '{key}.{name}': '{name}' is not a class of classes.atomic/groups"
               for key, v in lists.items() if isinstance(v, dict)
-              for name in v if name not in cfg.classes.atomic]
+              for name in v if name not in cfg.classes.names]
     if lines:
         raise ConfigError("\n".join(lines))
 

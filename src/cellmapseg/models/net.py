@@ -4,12 +4,12 @@ all three, as in the CryoET 1st-place solution."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellmapseg.classes import Ontology
 from cellmapseg.config import ModelConfig
 from cellmapseg.models.loss import PartialAnnotationLoss
 from cellmapseg.models.mixup import mixup
@@ -24,15 +24,15 @@ def resize_nearest(t: torch.Tensor | None, size: torch.Size) -> torch.Tensor | N
 
 
 class Net(nn.Module):
-    def __init__(self, cfg: ModelConfig, atomic: Sequence[str], in_channels: int = 1) -> None:
-        """One output channel per atomic class of `atomic` (classes.Ontology.atomic)."""
+    def __init__(self, cfg: ModelConfig, ontology: Ontology, in_channels: int = 1) -> None:
+        """One output channel per atomic class of `ontology`."""
         super().__init__()
         check_model(cfg)
         self.name = cfg.name
-        self.network = build_network(cfg, in_channels, len(atomic))
+        self.network = build_network(cfg, in_channels, ontology.num_channels)
         levels = level_weights(cfg)
         self.level_weights = [w / sum(levels) for w in levels]
-        self.loss = PartialAnnotationLoss(cfg.class_weight_list(atomic) if cfg.class_weights
+        self.loss = PartialAnnotationLoss(cfg.class_weight_list(ontology) if cfg.class_weights
                                           else None, cfg.dice_weight, cfg.ce_weight)
         self.mixup_p = cfg.mixup_p
         self.mixup_beta = cfg.mixup_beta

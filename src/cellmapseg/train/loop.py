@@ -81,7 +81,7 @@ class Trainer:
         self.paths = TrainFiles(Path(out))
         self.data: TrainData = make_data(cfg, self.m, inventory, selection, d)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.net = Net(self.m, cfg.classes.atomic).to(d.device)
+        self.net = Net(self.m, cfg.classes).to(d.device)
         self.parameters = count_parameters(self.net)
         self.model = DDP(self.net, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                          find_unused_parameters=False)
