@@ -121,13 +121,14 @@ def measure(strategy: str, rows: pd.DataFrame, caching: dict[str, Any], nproc: i
     return summarise_ranks(json.loads(out.read_text()), int(rows["voxels"].sum()))
 
 
-def spec_cache_one_crop(row: dict[str, Any], side: int = SPEC_SIDE) -> dict[str, Any]:
+def spec_cache_one_crop(row: dict[str, Any], labels: Sequence[int], side: int = SPEC_SIDE
+                        ) -> dict[str, Any]:
     """What the spec's CacheDataset holds per voxel, measured in this process on a bounded
     corner of one crop (at most side^3 voxels: its cost per voxel does not depend on the size,
     and the whole of a large crop would take about 116 bytes per voxel here)."""
     from cellmapseg.probe.spec_baseline import cached_nbytes, spec_cache, spec_static_transforms
 
-    spec_static_transforms()  # import MONAI first: its libraries are not the cache
+    spec_static_transforms(labels)  # import MONAI first: its libraries are not the cache
     with tempfile.TemporaryDirectory(prefix="cellmapseg-spec-") as tmp:
         files = {}
         for key in ("image", "label"):
@@ -136,7 +137,7 @@ def spec_cache_one_crop(row: dict[str, Any], side: int = SPEC_SIDE) -> dict[str,
             nib.save(nib.Nifti1Image(corner, np.eye(4)), files[key])
         voxels = int(corner.size)
         before = smaps.read()
-        items = spec_cache([files])
+        items = spec_cache([files], labels)
         after = smaps.read()
     nbytes = cached_nbytes(items)
     result = {"crop": row["crop"], "region": list(corner.shape), "voxels": voxels,
@@ -182,7 +183,7 @@ def run_probe(cfg: Config, inventory_csv: str | Path, out_json: str | Path) -> d
         for folder in (root, Path(caching["store_dir"]), Path(caching["disk_dir"])):
             shutil.rmtree(folder, ignore_errors=True)
     largest = rows.sort_values("voxels").iloc[-1].to_dict()
-    result["spec_cache"] = spec_cache_one_crop(largest)
+    result["spec_cache"] = spec_cache_one_crop(largest, cfg.classes.labels)
     write_json(out_json, result)
     return result
 

@@ -48,7 +48,7 @@ def warm_up(spec: dict) -> None:
     if spec["strategy"] == "spec":
         from cellmapseg.probe.spec_baseline import spec_static_transforms
 
-        spec_static_transforms()
+        spec_static_transforms(spec["labels"])
     volume = load_volume(row)
     patches = PatchDataset(ListSource([volume]), spec["roi"], 1, 2, seed=0)
     touch(patches.source)
