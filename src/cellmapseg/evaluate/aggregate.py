@@ -30,7 +30,7 @@ REFERENCE: dict[str, str] = {
     "scoring.py": "0399649",
     "aggregation.py": "newest stored (per-instance Hausdorff pooling; commit not shown)",
     "instance_matching.py": "2ee63f7",
-    "distance.py": "1380321",
+    "distance.py": "9265574",
     "config.py": "1842645",
     "types.py": "1842645",
     "submission.py": "3de888c",

@@ -5,17 +5,31 @@ Rules follow the challenge's eval_utils (see `aggregate.REFERENCE` for the versi
 * scoring.py `score_instance`: predictions are relabelled by connected components (cc3d,
   26-connectivity in 3D; voxels with different ids are never joined). Our truth NIfTI labels
   carry no instance ids, so truth instances are the 26-connected components of the class mask.
-* instance_matching.py: pairs with IoU > 0 are candidates; a min-cost flow picks a one-to-one
-  matching with integer costs int((1 - IoU) * 1e6) per match and 1e6 + 1 per unmatched truth,
-  i.e. it maximises total IoU (ties favour more matches). No IoU threshold.
+* instance_matching.py `_solve_matching_problem` (followed at commit 2ee63f7ed75f, the one
+  `aggregate.REFERENCE` names; the function is byte-identical from 1842645 to 6b9ad68): pairs
+  with float32 IoU > 0 are candidates and OR-Tools' SimpleMinCostFlow picks the matching. Nodes:
+  source 0, truth i at 1 + i, prediction j at 1 + n_true + j, sink 1 + n_true + n_pred (0-based
+  i, j). Arcs, all of capacity 1 and added in one bulk call in this order: source -> every truth
+  (cost 0); every truth -> sink (the "unmatched" option, cost 1e6 + 1); truth -> prediction per
+  pair in ascending (truth, prediction) order (cost int((1 - IoU) * 1e6), IoU read as float64);
+  every prediction -> sink (cost 0). Supplies: +n_true at the source, -n_true at the sink. The
+  matching is the truth -> prediction arcs carrying flow 1. This maximises total IoU (ties in
+  cost favour more matches); between equal-cost optima the solver's own choice decides which
+  prediction is matched, so `match` builds that very graph (same numbering, arc order, costs,
+  capacities, supplies) and lets the same solver choose. No IoU threshold.
 * Guards (config.py `ratio_cutoff`, instance_matching.py `_check_instance_ratio`): when both
   sides are non-empty and n_pred / n_true > 10 + 50 * exp(-n_true / 5), or more than 5,000,000
   overlapping pairs exist, the crop is skipped: zero counts and no distances, so it neither
   helps nor hurts the class pool (scoring.py `_create_pathological_scores`).
-* distance.py: Hausdorff distance in nm per truth instance against the prediction that carries
-  its id after remapping, capped at min_i(voxel_size_i * shape_i) / 2; a truth id absent from
-  the prediction gets the cap; each unmatched prediction adds one more cap entry (scoring.py
-  `_compute_hausdorff_scores`). Each distance d becomes 1.01 ** (-d / ||voxel_size||_2).
+* distance.py (9265574, the version scoring.py 0399649 calls): Hausdorff distance in nm per
+  truth instance against the prediction that carries its id after remapping, capped at
+  min_i(voxel_size_i * shape_i) / 2; a truth id absent from the prediction gets the cap; each
+  unmatched prediction adds one more cap entry (scoring.py `_compute_hausdorff_scores`). Each
+  distance d becomes 1.01 ** (-d / ||voxel_size||_2). Dtypes as there: each distance is found
+  in float64 (EDT, max, min with the cap) and stored in a float32 array, and the unmatched
+  predictions' caps are float32 too; `normalise` casts those float32 values to float64 and
+  normalises in float64; the per-crop `norm_sum` is numpy's float64 sum of that array, truth
+  ids ascending, then the caps, as scoring.py `score_instance` takes `np.sum(norm)`.
 * Remapping (scoring.py, fastremap `preserve_missing_labels=True`): matched predictions take
   their truth id, unmatched predictions KEEP their component id. The reference therefore
   compares an unmatched truth t with an unmatched prediction whose component id happens to be
@@ -32,10 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ortools.graph.python.min_cost_flow import SimpleMinCostFlow
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from cellmapseg.blockwise import ScratchArray, label_components, slices, spans
 
@@ -44,7 +56,8 @@ FINAL_RATIO_CUTOFF = 10.0
 INITIAL_RATIO_CUTOFF = 50.0
 RATIO_FACTOR = 5.0
 MAX_OVERLAP_EDGES = 5_000_000
-COST_SCALE = 1_000_000
+COST_SCALE = 1_000_000  # config.py mcmf_cost_scale
+UNMATCH_COST = COST_SCALE + 1  # cost of leaving a truth unmatched
 SKIPPED = "skipped_too_many_instances"  # the reference's status string for both guards
 BLOCK = 128  # voxels per block side while labelling and counting
 
@@ -55,7 +68,8 @@ def max_distance(voxel_size: Sequence[float], shape: Sequence[int]) -> float:
 
 
 def normalise(distances: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
-    """1.01 ** (-d / ||voxel_size||_2) (distance.py `normalize_distance`)."""
+    """1.01 ** (-d / ||voxel_size||_2) (distance.py `normalize_distance`): the (float32)
+    distances are cast to float64 and normalised in float64, as there."""
     return 1.01 ** (-np.asarray(distances, dtype=np.float64) / np.linalg.norm(voxel_size))
 
 
@@ -71,47 +85,78 @@ class Overlaps:
     iou: np.ndarray  # float32, as the reference stores it
 
 
-def match_weights(iou: np.ndarray) -> np.ndarray:
-    """Per-pair gain of matching (>= 1): the reference's unmatch cost minus its match cost."""
-    cost = np.floor((1.0 - iou.astype(np.float64)) * COST_SCALE)
-    return (COST_SCALE + 1) - cost
+@dataclass(frozen=True)
+class FlowGraph:
+    """The reference's min-cost-flow problem: arcs in the order they are added, and supplies."""
+
+    tails: np.ndarray  # int32 node ids
+    heads: np.ndarray  # int32
+    capacities: np.ndarray  # int64, all 1
+    costs: np.ndarray  # int64
+    source: int
+    sink: int
+    supply: int  # +supply at the source, -supply at the sink
+    pairs: Overlaps  # the candidate pairs, in arc order
+    pair_arcs: slice  # their truth -> prediction arcs
+
+
+def pair_costs(iou: np.ndarray) -> np.ndarray:
+    """int((1 - IoU) * 1e6) per pair, IoU read as float64 (truncation = floor: it is >= 0)."""
+    return ((1.0 - np.asarray(iou).astype(np.float64)) * COST_SCALE).astype(np.int64)
+
+
+def _candidates(ov: Overlaps, n_pred: int) -> Overlaps:
+    """The pairs the reference puts in its graph: float32 IoU > 0, ascending (truth, pred)."""
+    iou = np.asarray(ov.iou, dtype=np.float32)
+    rows, cols = np.asarray(ov.rows, np.int64), np.asarray(ov.cols, np.int64)
+    keep = iou > 0
+    if not keep.all():
+        rows, cols, iou = rows[keep], cols[keep], iou[keep]
+    key = rows * max(n_pred, 1) + cols
+    if key.size > 1 and not np.all(key[1:] > key[:-1]):  # block_stats already sorts them
+        order = np.argsort(key, kind="stable")
+        rows, cols, iou = rows[order], cols[order], iou[order]
+    return Overlaps(rows, cols, iou)
+
+
+def flow_graph(ov: Overlaps, n_true: int, n_pred: int) -> FlowGraph:
+    """Build the min-cost-flow graph exactly as instance_matching.py does (module docstring)."""
+    ov = _candidates(ov, n_pred)
+    truth = 1 + np.arange(n_true, dtype=np.int64)
+    pred = 1 + n_true + np.arange(n_pred, dtype=np.int64)
+    source, sink = 0, 1 + n_true + n_pred
+    n_pairs = ov.rows.size
+    tails = np.concatenate([np.full(n_true, source), truth, 1 + ov.rows, pred])
+    heads = np.concatenate([truth, np.full(n_true, sink), 1 + n_true + ov.cols,
+                            np.full(n_pred, sink)])
+    costs = np.concatenate([np.zeros(n_true, np.int64), np.full(n_true, UNMATCH_COST, np.int64),
+                            pair_costs(ov.iou), np.zeros(n_pred, np.int64)])
+    return FlowGraph(tails.astype(np.int32), heads.astype(np.int32),
+                     np.ones(tails.size, np.int64), costs, source, sink, n_true, ov,
+                     slice(2 * n_true, 2 * n_true + n_pairs))
 
 
 def match(ov: Overlaps, n_true: int, n_pred: int) -> np.ndarray:
     """Optimal one-to-one matching: array m with m[p] = matched truth id of prediction p (or 0).
 
-    Equivalent to the reference's min-cost flow: maximise the summed `match_weights`. Solved
-    with linear_sum_assignment per connected component of the overlap graph (small blocks).
+    Solves the reference's own min-cost-flow graph (`flow_graph`) with OR-Tools'
+    SimpleMinCostFlow, so that among equally good matchings the same one is chosen.
     """
     matched = np.zeros(n_pred + 1, dtype=np.int64)
-    if ov.rows.size == 0:
+    g = flow_graph(ov, n_true, n_pred)
+    if g.pairs.rows.size == 0:  # the reference returns an empty mapping without solving
         return matched
-    weight = match_weights(ov.iou)
-    graph = coo_matrix((np.ones(ov.rows.size), (ov.rows, n_true + ov.cols)),
-                       shape=(n_true + n_pred,) * 2)
-    _, comp = connected_components(graph, directed=False)
-    edge_comp = comp[ov.rows]
-    sizes = np.bincount(edge_comp)
-    single = sizes[edge_comp] == 1  # an isolated pair: match it outright
-    matched[ov.cols[single] + 1] = ov.rows[single] + 1
-    multi = np.flatnonzero(~single)
-    if multi.size == 0:
-        return matched
-    for edges in np.split(multi[np.argsort(edge_comp[multi], kind="stable")],
-                          np.cumsum(sizes[np.unique(edge_comp[multi])])[:-1]):
-        _solve_block(ov.rows[edges], ov.cols[edges], weight[edges], matched)
+    mcf = SimpleMinCostFlow()
+    mcf.add_arcs_with_capacity_and_unit_cost(g.tails, g.heads, g.capacities, g.costs)
+    mcf.set_node_supply(g.source, g.supply)
+    mcf.set_node_supply(g.sink, -g.supply)
+    status = mcf.solve()
+    if status != mcf.OPTIMAL:  # cannot happen: every truth may go straight to the sink
+        raise RuntimeError(f"min-cost flow matching failed: status {status}")
+    arcs = np.arange(g.pair_arcs.start, g.pair_arcs.stop, dtype=np.int32)
+    used = np.asarray(mcf.flows(arcs)) == 1
+    matched[g.pairs.cols[used] + 1] = g.pairs.rows[used] + 1
     return matched
-
-
-def _solve_block(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray,
-                 matched: np.ndarray) -> None:
-    urow, ri = np.unique(rows, return_inverse=True)
-    ucol, ci = np.unique(cols, return_inverse=True)
-    dense = np.zeros((urow.size, ucol.size))
-    dense[ri, ci] = weight
-    a, b = linear_sum_assignment(dense, maximize=True)
-    keep = dense[a, b] > 0  # a zero entry is no overlap: not a match
-    matched[ucol[b[keep]] + 1] = urow[a[keep]] + 1
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray, voxel_size: Sequence[float], cap: float) -> float:
@@ -278,7 +323,7 @@ def truth_distances(truth: Any, pred: Any, stats: BlockStats, matched: np.ndarra
     for t in range(1, min(n_true, matched.size - 1) + 1):
         if matched[t] == 0:
             carriers[t].append(t)  # unmatched: keeps its component id
-    out = np.empty(n_true, dtype=np.float64)
+    out = np.empty(n_true, dtype=np.float32)  # float32, as distance.py stores them
     for t in range(1, n_true + 1):
         ps = np.asarray(carriers[t], np.int64)
         box = _union(np.concatenate([stats.true_box[t:t + 1], stats.pred_box[ps]]))
@@ -322,7 +367,7 @@ def score_instances(pred_ids: Any, truth_mask: Any, voxel_size: Sequence[float],
         tp = int(np.count_nonzero(matched))
         fp = n_pred - tp
         dist = np.concatenate([truth_distances(truth, pred, stats, matched, voxel_size, cap),
-                               np.full(fp, cap)])
+                               np.full(fp, cap, dtype=np.float32)])
     norm = normalise(dist, voxel_size)
     return InstanceScore(tp, fp, n_true - tp, n_pred, n_true, float(norm.sum()), int(norm.size),
                          cap)
