@@ -29,8 +29,8 @@ def dataset(root: Path, crops: int, size: int) -> Path:
 
     syn = {"n_train": max(crops, 3), "n_val": 1, "shape": [size] * 3, "shape_jitter": 0.1,
            "large_shape": [size + 16] * 3, "small_shape": [size // 2] * 3, "seed": 7}
-    datalist = generate(from_dict({"data": {"synthetic": syn}}).data.synthetic, (8.0,) * 3,
-                        root / "data")
+    cfg = from_dict({"data": {"synthetic": syn}})
+    datalist = generate(cfg.data.synthetic, (8.0,) * 3, root / "data", cfg.classes)
     write_inventory(from_dict({"data": {"datalist": str(datalist)}}), root / "inventory.csv")
     return root / "inventory.csv"
 
@@ -50,7 +50,7 @@ def run(ranks: int, crops: int, size: int) -> dict:
             if probe.prepare(strategy, rows, caching):
                 raise SystemExit(f"no room for strategy {strategy}'s store in {root}")
             out[strategy] = probe.measure(strategy, rows, caching, ranks, [64] * 3, 2,
-                                          root / strategy)
+                                          root / strategy, from_dict({}).classes.labels)
     voxels = int(rows["voxels"].sum())
     spec_bpv = out["spec"]["total_pss_delta"] / voxels
     b_bpv = out["B"]["total_pss_delta"] / voxels

@@ -6,7 +6,10 @@ class fitted on the training crops. Prints the table for the large classes (nuc,
 and all classes' mean.
 
     snakemake --cores 2 results/segresnet/train/summary.json
-    python benchmarks/learning.py --model segresnet
+    python benchmarks/learning.py --model segresnet [--config config/config.yaml]
+
+The classes (names, label values) are the run's configured ontology (--config; default: the
+embedded default's 14 classes).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellmapseg.classes import CLASS_NAMES, NUM_CLASSES
+from cellmapseg.classes import Ontology
+from cellmapseg.config import from_dict, load
 from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.loading import load_volume
 from cellmapseg.data.volumes import Volume
@@ -36,11 +40,12 @@ def _zscore(volume: Volume) -> np.ndarray:
     return (volume.image.astype(np.float32) - volume.mean) / max(volume.std, 1e-6)
 
 
-def fit_intensity_intervals(volumes: Sequence[Volume]) -> dict[int, tuple[float, float]]:
+def fit_intensity_intervals(volumes: Sequence[Volume], ontology: Ontology
+                            ) -> dict[int, tuple[float, float]]:
     """Per channel, the z-scored intensity interval whose voxels best match the class (max Dice)
     over the training volumes where the channel is annotated: the best a threshold can do."""
     intervals = {}
-    for c in range(NUM_CLASSES):
+    for c, value in enumerate(ontology.labels):
         inside = np.zeros(len(BINS) - 1)
         total = np.zeros(len(BINS) - 1)
         for v in volumes:
@@ -48,7 +53,7 @@ def fit_intensity_intervals(volumes: Sequence[Volume]) -> dict[int, tuple[float,
                 continue
             z = _zscore(v).ravel()
             total += np.histogram(z, BINS)[0]
-            inside += np.histogram(z[v.label.ravel() == c + 1], BINS)[0]
+            inside += np.histogram(z[v.label.ravel() == value], BINS)[0]
         if inside.sum() == 0:
             continue
         intervals[c] = _best_interval(inside, total)
@@ -65,15 +70,15 @@ def _best_interval(inside: np.ndarray, total: np.ndarray) -> tuple[float, float]
     return float(BINS[lo[best]]), float(BINS[hi[best]])
 
 
-def baseline_records(volumes: Sequence[Volume], intervals: dict[int, tuple[float, float]] | None
-                     ) -> list[dict]:
+def baseline_records(volumes: Sequence[Volume], intervals: dict[int, tuple[float, float]] | None,
+                     ontology: Ontology) -> list[dict]:
     """tp/fp/fn per annotated (crop, channel): all background when `intervals` is None, else the
     intensity-interval prediction."""
     records = []
     for v in volumes:
         z = None if intervals is None else _zscore(v)
         for c in np.flatnonzero(v.annotation_mask):
-            truth = v.label == c + 1
+            truth = v.label == ontology.labels[c]
             if intervals is None or int(c) not in intervals:
                 pred = np.zeros_like(truth)
             else:
@@ -89,13 +94,14 @@ def baseline_records(volumes: Sequence[Volume], intervals: dict[int, tuple[float
 
 
 
-def run(model: str, results: Path) -> pd.DataFrame:
+def run(model: str, results: Path, ontology: Ontology) -> pd.DataFrame:
     inv = read_inventory(results / "data/inventory.csv")
     train = [load_volume(r) for r in inv[inv.split == "training"].to_dict("records")]
     val = [load_volume(r) for r in inv[inv.split == "validation"].to_dict("records")]
-    names = list(CLASS_NAMES)
-    bg_mean, bg = mean_dice(baseline_records(val, None), names)
-    th_mean, th = mean_dice(baseline_records(val, fit_intensity_intervals(train)), names)
+    names = list(ontology.atomic)
+    bg_mean, bg = mean_dice(baseline_records(val, None, ontology), names)
+    th_mean, th = mean_dice(baseline_records(val, fit_intensity_intervals(train, ontology),
+                                             ontology), names)
     metrics = pd.read_csv(results / model / "train/metrics.csv")
     best = metrics.loc[metrics["val_dice_mean"].idxmax()]
     rows = [{"class": n, "all_background": bg[n], "intensity_interval": th[n],
@@ -112,8 +118,10 @@ def main() -> None:
     p.add_argument("--model", default="segresnet")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--json", type=Path)
+    p.add_argument("--config", type=Path, help="the run's config (its classes section)")
     a = p.parse_args()
-    table = run(a.model, a.results)
+    ontology = (load(a.config) if a.config else from_dict({})).classes
+    table = run(a.model, a.results, ontology)
     print(f"validation Dice, {a.model} best epoch {table.attrs['best_epoch']}:")
     print(table.round(3).to_string())
     large = table.loc[list(LARGE)]

@@ -40,8 +40,8 @@ def dataset(root: Path, crops: int, size: int) -> Path:
 
     syn = {"n_train": crops, "n_val": 1, "shape": [size] * 3, "large_shape": [size + 8] * 3,
            "small_shape": [size // 3, size, size], "seed": 11}
-    datalist = generate(from_dict({"data": {"synthetic": syn}}).data.synthetic, (8.0,) * 3,
-                        root / "data")
+    cfg = from_dict({"data": {"synthetic": syn}})
+    datalist = generate(cfg.data.synthetic, (8.0,) * 3, root / "data", cfg.classes)
     write_inventory(from_dict({"data": {"datalist": str(datalist)}}), root / "inventory.csv")
     return root / "inventory.csv"
 

@@ -21,6 +21,13 @@ ROI = (128, 128, 128)
 NUM_SAMPLES = 4
 
 
+def default_ontology():
+    """The default ontology (the 14 atomic classes the synthetic data labels)."""
+    from cellmapseg.config import from_dict
+
+    return from_dict({}).classes
+
+
 def make_volumes(out_dir: Path, n: int, size: int) -> list[dict]:
     """Synthetic CellMap-like crops, all at least ROI-sized (the spec's pipeline cannot pad)."""
     from cellmapseg.config import from_dict
@@ -30,7 +37,8 @@ def make_volumes(out_dir: Path, n: int, size: int) -> list[dict]:
     syn = {"n_train": max(n, 3), "n_val": 1, "shape": [size] * 3, "shape_jitter": 0.0,
            "large_shape": [size + 16] * 3, "small_shape": [size] * 3, "seed": 1}
     cfg = from_dict({"data": {"synthetic": syn}})
-    entries = read_datalist(generate(cfg.data.synthetic, cfg.data.spacing_nm, out_dir))
+    entries = read_datalist(generate(cfg.data.synthetic, cfg.data.spacing_nm, out_dir,
+                                     cfg.classes), "", cfg.classes.num_channels)
     return [e for e in entries if e.split == "training"][:n]
 
 
@@ -41,7 +49,8 @@ def spec_pipeline(entries: list) -> tuple[list[dict], object]:
 
     from cellmapseg.probe.spec_baseline import spec_cache
 
-    cached = spec_cache([{"image": str(e.image), "label": str(e.label)} for e in entries])
+    cached = spec_cache([{"image": str(e.image), "label": str(e.label)} for e in entries],
+                        default_ontology().labels)
     crop = mt.RandSpatialCropSamplesd(
         keys=["image", "label"], roi_size=ROI, num_samples=NUM_SAMPLES, random_size=False
     )
@@ -83,16 +92,18 @@ def run(n_volumes: int, size: int, items: int) -> dict:
     from cellmapseg.data.volumes import ListSource
 
     torch.set_num_threads(1)
+    ontology = default_ontology()
     with tempfile.TemporaryDirectory() as tmp:
         entries = make_volumes(Path(tmp), n_volumes, size)
         cached, spec_draw = spec_pipeline(entries)
-        volumes = [volume_from_entry(e) for e in entries]
+        volumes = [volume_from_entry(e, ontology.num_channels) for e in entries]
     spec_bpv = bytes_per_voxel([(c["image"], c["label"]) for c in cached])
     ours_bpv = bytes_per_voxel([(v.image, v.label) for v in volumes])
     ds = PatchDataset(ListSource(volumes), ROI, NUM_SAMPLES, sub_epochs=1000, seed=0)
     spec_ps = throughput(spec_draw, items)
     ours_ps = throughput(lambda i: ds[i], items * 10)
-    ours_cpu_onehot = throughput(lambda i: prepare_batch(collate_patches([ds[i]])), items)
+    ours_cpu_onehot = throughput(
+        lambda i: prepare_batch(collate_patches([ds[i]]), ontology.labels), items)
     return {
         "volumes": len(volumes), "volume_shape": list(volumes[0].shape), "roi": list(ROI),
         "num_samples": NUM_SAMPLES, "threads": 1,

@@ -29,8 +29,9 @@ from cellmapseg.models.net import Net
 from cellmapseg.models.registry import count_parameters
 
 
-def as_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    b = prepare_batch(batch, device)
+def as_inputs(batch: dict, labels: tuple[int, ...], device: torch.device
+              ) -> dict[str, torch.Tensor]:
+    b = prepare_batch(batch, labels, device)
     return {"input": b.input, "target": b.target, "annotation_mask": b.annotation_mask,
             "valid": b.valid}
 
@@ -67,13 +68,13 @@ def run(config: Path, model: str, inventory: Path, steps: int, workers: int) -> 
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         drop_last=True)
     torch.manual_seed(cfg.seed)
-    net = Net(m).to(device).train()
+    net = Net(m, cfg.classes).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=m.lr)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    real = (as_inputs(b, device) for b in itertools.cycle(loader))
+    real = (as_inputs(b, cfg.classes.labels, device) for b in itertools.cycle(loader))
     with_loader = timed_steps(net, opt, real, steps, device)
-    resident = as_inputs(next(iter(loader)), device)
+    resident = as_inputs(next(iter(loader)), cfg.classes.labels, device)
     on_device = timed_steps(net, opt, itertools.repeat(resident), steps, device)
     return {
         "model": model, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHAPE, TINY_MODEL, crop_names, make_dataset_files, tiny_model
+from conftest import ATOMIC, SHAPE, TINY_MODEL, crop_names, make_dataset_files, tiny_model
 
 from cellmapseg import cli
 from cellmapseg.config import from_dict
@@ -92,7 +92,7 @@ def prepare_base(root: Path) -> Base:
     raw = base_config(datalist)
     cfg = from_dict(raw)
     write_inventory(cfg, root / "inventory.csv")
-    network = cfg.model("tiny").network.as_dict()
+    network = checkpoint.identity(cfg.model("tiny").network.as_dict(), cfg.classes.atomic)
     ckpt = root / "best.pt"
     checkpoint.save(ckpt, {"model_name": "tiny", "network": network, "epoch": 1, "step": 3,
                            "best_score": 0.1, "model": {"w": torch.zeros(4096)}})
@@ -317,7 +317,8 @@ CASES: list[Case] = [
          lambda w: w.dataset(crops={1: {"image_spacing": (8.0, 8.0, 16.0)}}),
          (f"crop {BAD}: image", "spacing (8.0, 8.0, 16.0) differs from data.spacing_nm")),
     Case("nifti-label-above-14", "inventory", _one_crop(label=np.full(SHAPE, 15, np.uint8)),
-         (f"crop {BAD}: label", "values outside 0..14 (15)")),
+         (f"crop {BAD}: label", "values 15 are not label values of the configured classes "
+          "(0 and 1..14; see classes.atomic)")),
     Case("nifti-float-label", "inventory", _one_crop(label=np.ones(SHAPE, np.float32)),
          (f"crop {BAD}: label", "on-disk dtype float32 is not an integer type")),
     # --- configuration
@@ -337,7 +338,8 @@ CASES: list[Case] = [
          ("config: unknown model key 'tiny2' (configured: tiny)",)),
     Case("config-class-weights-length", "train",
          lambda w: w.override({"models": {"tiny": {"class_weights": [1, 2, 3]}}}),
-         ("key 'models.tiny.class_weights' has value [1, 2, 3]", "a list of 14 numbers")),
+         ("config: key 'models.tiny.class_weights' has 3 values; classes.atomic has 14 "
+          "classes",)),
     # --- checkpoints (predict stage: loaded before the network is built or moved to a GPU)
     Case("checkpoint-missing", "predict", lambda w: w.path(BEST).unlink(),
          ("checkpoint results/tiny/train/checkpoints/best.pt: file not found",)),
@@ -347,9 +349,14 @@ CASES: list[Case] = [
     Case("checkpoint-other-model", "predict", _checkpoint(model_name="segresnet"),
          ("best.pt: written for model 'segresnet', not 'tiny'",)),
     Case("checkpoint-other-network-config", "predict",
-         _checkpoint(network={**TINY_MODEL["network"], "init_filters": 8, "norm": "INSTANCE"}),
+         _checkpoint(network=checkpoint.identity(
+             {**TINY_MODEL["network"], "init_filters": 8, "norm": "INSTANCE"}, ATOMIC)),
          ("best.pt: network config differs from this model's: init_filters is 8 in the "
           "checkpoint, 4 configured",)),
+    Case("checkpoint-other-classes", "predict",
+         _checkpoint(network=checkpoint.identity(TINY_MODEL["network"], ATOMIC[:2])),
+         ("best.pt: network config differs from this model's: classes is ['ecs', 'pm'] in the "
+          "checkpoint, ['ecs', 'pm', 'mito_mem',",)),
     Case("checkpoint-pickled-object", "predict", _pickled_object,
          ("best.pt: refused: it holds a pickled object (posix.system)", "weights_only=True")),
     # --- caching

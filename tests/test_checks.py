@@ -11,6 +11,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import ONTOLOGY
 
 from cellmapseg.data import checks
 from cellmapseg.data.checks import validate_crops
@@ -22,6 +23,8 @@ SPACING = (8.0, 8.0, 8.0)
 TOL = 1e-3
 SHAPE = (16, 20, 24)
 BAD = 1  # index of the crop a test breaks (training[1]); the other crops stay valid
+LABELS = ONTOLOGY.labels  # 1..14
+NOT_LABELS = "are not label values of the configured classes (0 and 1..14; see classes.atomic)"
 
 
 def truncate(path: Path, fraction: float) -> None:
@@ -30,12 +33,13 @@ def truncate(path: Path, fraction: float) -> None:
 
 
 def entries_of(make_dataset: Callable[..., Path], root: Path, **kw: Any) -> list[CropEntry]:
-    return read_datalist(make_dataset(root, n_train=2, n_val=1, **kw))
+    return read_datalist(make_dataset(root, n_train=2, n_val=1, **kw), "",
+                         ONTOLOGY.num_channels)
 
 
 def problems(entries: list[CropEntry]) -> list[str]:
     with pytest.raises(InputError) as info:
-        validate_crops(entries, SPACING, TOL)
+        validate_crops(entries, SPACING, TOL, LABELS)
     return str(info.value).splitlines()
 
 
@@ -144,15 +148,15 @@ def test_corrupt_deflate_stream(tmp_path: Path, nifti_writer: Callable) -> None:
 
 
 def test_clean_dataset_passes(tmp_path: Path, make_dataset: Callable[..., Path]) -> None:
-    assert validate_crops(entries_of(make_dataset, tmp_path), SPACING, TOL) == []
+    assert validate_crops(entries_of(make_dataset, tmp_path), SPACING, TOL, LABELS) == []
 
 
 def test_empty_annotated_classes_is_a_warning(
     tmp_path: Path, make_dataset: Callable[..., Path]
 ) -> None:
     entries = entries_of(make_dataset, tmp_path, crops={BAD: {"annotated_classes": ""}})
-    assert not entries[BAD].annotation_mask().any()
-    warnings = validate_crops(entries, SPACING, TOL)
+    assert not entries[BAD].annotation_mask(ONTOLOGY.num_channels).any()
+    warnings = validate_crops(entries, SPACING, TOL, LABELS)
     name = entries[BAD].name
     assert warnings == [f"crop {name}: annotated_classes is empty; it adds no gradient"]
 
@@ -163,7 +167,7 @@ def test_mismatched_label_name_is_a_warning(
     entries = entries_of(make_dataset, tmp_path)
     other = entries[0].label
     swapped = CropEntry(**{**entries[BAD].__dict__, "label": other})
-    (warning,) = validate_crops([swapped], SPACING, TOL)
+    (warning,) = validate_crops([swapped], SPACING, TOL, LABELS)
     assert swapped.name in warning and other.name in warning
 
 
@@ -173,14 +177,14 @@ def test_trailing_singleton_axis_is_accepted(
     image = np.zeros((*SHAPE, 1), np.float32)
     label = np.ones((*SHAPE, 1), np.uint8)
     entries = entries_of(make_dataset, tmp_path, crops={BAD: {"image": image, "label": label}})
-    assert validate_crops(entries, SPACING, TOL) == []
+    assert validate_crops(entries, SPACING, TOL, LABELS) == []
 
 
 def test_spacing_within_tolerance_is_accepted(
     tmp_path: Path, make_dataset: Callable[..., Path]
 ) -> None:
     entries = entries_of(make_dataset, tmp_path, crops={BAD: {"image_spacing": (8.004, 8, 8)}})
-    assert validate_crops(entries, SPACING, TOL) == []
+    assert validate_crops(entries, SPACING, TOL, LABELS) == []
 
 
 # ---------------------------------------------------------------- pass (a): headers
@@ -269,7 +273,8 @@ def test_header_pass_skips_data_of_failed_crops(
     loaded: list[Path] = []
     real_scans = checks.scan_image, checks.scan_label
     monkeypatch.setattr(checks, "scan_image", lambda p: loaded.append(Path(p)) or real_scans[0](p))
-    monkeypatch.setattr(checks, "scan_label", lambda p: loaded.append(Path(p)) or real_scans[1](p))
+    monkeypatch.setattr(checks, "scan_label",
+                        lambda p, labels: loaded.append(Path(p)) or real_scans[1](p, labels))
     line = one_problem(entries, "label")
     assert "not an integer" in line and "truncated" not in line
     assert entries[BAD].image not in loaded and entries[BAD].label not in loaded
@@ -282,9 +287,9 @@ def test_header_pass_skips_data_of_failed_crops(
 @pytest.mark.parametrize(
     ("label", "expected"),
     [
-        (np.full(SHAPE, 15, np.uint8), "values outside 0..14 (15)"),
-        (np.full(SHAPE, 255, np.uint8), "values outside 0..14 (255)"),
-        (np.full(SHAPE, -1, np.int16), "values outside 0..14 (-1)"),
+        (np.full(SHAPE, 15, np.uint8), f"values 15 {NOT_LABELS}"),
+        (np.full(SHAPE, 255, np.uint8), f"values 255 {NOT_LABELS}"),
+        (np.full(SHAPE, -1, np.int16), f"values -1 {NOT_LABELS}"),
     ],
 )
 def test_label_values_out_of_range(

@@ -109,7 +109,7 @@ def test_both_shipped_configs_define_the_three_spec_models(path):
     cfg = config.load(path)
     assert set(cfg.models) == {"segresnet", "swinunetr", "flexunet_resnet34"}
     for m in cfg.models.values():
-        assert m.class_weights == SPEC_WEIGHTS
+        assert tuple(m.class_weight_list(cfg.classes)) == SPEC_WEIGHTS
     assert cfg.models["flexunet_resnet34"].lvl_weights == (0, 0, 0, 1)
     assert cfg.models["flexunet_resnet34"].mixup_p == 1.0
     assert cfg.models["flexunet_resnet34"].optimizer == "Adam"

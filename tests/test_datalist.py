@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import NUM_CHANNELS
 
 from cellmapseg.data.datalist import CropEntry, parse_annotated_classes, read_datalist
 from cellmapseg.errors import InputError
@@ -26,7 +27,7 @@ def entry(name: str = "jrc_cos7-1a_crop234", classes: Any = "0,1,2") -> dict[str
 
 def datalist(**fields: Any) -> dict[str, Any]:
     base = {
-        "name": "t", "num_classes": 14,
+        "name": "t", "num_classes": NUM_CHANNELS,
         "training": [entry("jrc_a_crop1"), entry("jrc_b_crop2")],
         "validation": [entry("jrc_a_crop3")],
     }
@@ -41,7 +42,7 @@ def write_json(path: Path, obj: Any) -> Path:
 
 def problems_of(path: Path, dataroot: str = "") -> list[str]:
     with pytest.raises(InputError) as info:
-        read_datalist(path, dataroot)
+        read_datalist(path, dataroot, NUM_CHANNELS)
     return str(info.value).splitlines()
 
 
@@ -49,24 +50,24 @@ def problems_of(path: Path, dataroot: str = "") -> list[str]:
 
 
 def test_parse_annotated_classes_and_mask() -> None:
-    classes = parse_annotated_classes("0,1,2,3,7,8", WHERE)
+    classes = parse_annotated_classes("0,1,2,3,7,8", WHERE, NUM_CHANNELS)
     assert classes == (0, 1, 2, 3, 7, 8)
     crop = CropEntry("c", "d", "crop1", "training", Path("/i"), Path("/l"), classes)
-    mask = crop.annotation_mask()
+    mask = crop.annotation_mask(NUM_CHANNELS)
     assert mask.dtype == np.float32 and mask.shape == (14,)
     assert mask.tolist() == [1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("text", ["", "  "])
 def test_parse_empty_annotated_classes(text: str) -> None:
-    classes = parse_annotated_classes(text, WHERE)
+    classes = parse_annotated_classes(text, WHERE, NUM_CHANNELS)
     assert classes == ()
     crop = CropEntry("c", "d", "crop1", "training", Path("/i"), Path("/l"), classes)
-    assert not crop.annotation_mask().any()
+    assert not crop.annotation_mask(NUM_CHANNELS).any()
 
 
 def test_parse_tolerates_spaces() -> None:
-    assert parse_annotated_classes(" 13 , 0", WHERE) == (13, 0)
+    assert parse_annotated_classes(" 13 , 0", WHERE, NUM_CHANNELS) == (13, 0)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_parse_tolerates_spaces() -> None:
 )
 def test_parse_rejects(value: Any, expected: str) -> None:
     with pytest.raises(InputError) as info:
-        parse_annotated_classes(value, WHERE)
+        parse_annotated_classes(value, WHERE, NUM_CHANNELS)
     message = str(info.value)
     assert expected in message
     assert message.startswith(WHERE)
@@ -97,7 +98,7 @@ def test_parse_rejects(value: Any, expected: str) -> None:
 
 def test_read_datalist_entries_in_order(tmp_path: Path) -> None:
     path = write_json(tmp_path / "datalist.json", datalist())
-    entries = read_datalist(path)
+    entries = read_datalist(path, "", NUM_CHANNELS)
     assert [e.name for e in entries] == ["jrc_a_crop1", "jrc_b_crop2", "jrc_a_crop3"]
     assert [e.split for e in entries] == ["training", "training", "validation"]
     first = entries[0]
@@ -112,7 +113,7 @@ def test_crop_name_splits_on_last_crop(tmp_path: Path) -> None:
         tmp_path / "datalist.json",
         datalist(training=[entry("jrc_cos7-1a_cropped_crop234")]),
     )
-    first = read_datalist(path)[0]
+    first = read_datalist(path, "", NUM_CHANNELS)[0]
     assert (first.name, first.dataset, first.crop_id) == (
         "jrc_cos7-1a_cropped_crop234", "jrc_cos7-1a_cropped", "crop234",
     )
@@ -122,7 +123,7 @@ def test_relative_paths_with_absolute_dataroot(tmp_path: Path) -> None:
     data = datalist()
     data["training"][0]["image"] = "images/jrc_a_crop1_0000.nii.gz"
     path = write_json(tmp_path / "lists" / "datalist.json", data)
-    entries = read_datalist(path, dataroot=str(tmp_path / "data"))
+    entries = read_datalist(path, str(tmp_path / "data"), NUM_CHANNELS)
     assert entries[0].image == tmp_path / "data" / "images/jrc_a_crop1_0000.nii.gz"
     assert entries[0].label == Path("/abs/labels/jrc_a_crop1.nii.gz")  # absolute stays
 
@@ -131,7 +132,7 @@ def test_relative_dataroot_is_relative_to_datalist_folder(tmp_path: Path) -> Non
     data = datalist()
     data["training"][0]["image"] = "images/jrc_a_crop1_0000.nii.gz"
     path = write_json(tmp_path / "lists" / "datalist.json", data)
-    entries = read_datalist(path, dataroot="../data")
+    entries = read_datalist(path, "../data", NUM_CHANNELS)
     assert entries[0].image == tmp_path / "lists" / "../data" / "images/jrc_a_crop1_0000.nii.gz"
 
 
@@ -282,4 +283,5 @@ def test_duplicate_found_even_when_first_entry_is_invalid(tmp_path: Path) -> Non
 def test_num_classes_is_optional(tmp_path: Path) -> None:
     data = datalist()
     del data["num_classes"]
-    assert len(read_datalist(write_json(tmp_path / "datalist.json", data))) == 3
+    assert len(read_datalist(write_json(tmp_path / "datalist.json", data), "",
+                             NUM_CHANNELS)) == 3

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import ONTOLOGY
 
-from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.errors import InputError
 from cellmapseg.evaluate import instance
 from cellmapseg.evaluate.aggregate import METRIC_VERSION, instance_class
@@ -27,7 +27,7 @@ from cellmapseg.evaluate.score import evaluate
 from cellmapseg.evaluate.semantic import semantic_counts
 
 SP = (8.0, 8.0, 8.0)
-CH = {name: c for c, name in enumerate(CLASS_NAMES)}
+CH = {name: c for c, name in enumerate(ONTOLOGY.atomic)}  # atomic class -> channel
 SHAPE = (24, 24, 24)
 
 
@@ -52,9 +52,9 @@ def box(lo, hi, shape=SHAPE) -> np.ndarray:
 @dataclass
 class Crop:
     crop_id: str
-    truth: dict[str, np.ndarray]  # class -> bool mask
-    pred: dict[str, np.ndarray]  # class -> 0/1 mask or instance ids
-    annotated: tuple[str, ...]
+    truth: dict[str, np.ndarray]  # atomic class -> bool mask
+    pred: dict[str, np.ndarray]  # class (atomic or group) -> 0/1 mask or instance ids
+    annotated: tuple[str, ...]  # atomic classes
     shape: tuple[int, int, int] = SHAPE
     split: str = "validation"
     extra: dict = field(default_factory=dict)
@@ -67,12 +67,12 @@ def write_case(tmp: Path, crops: list[Crop], spacing=SP, attr_spacing=None):
     for crop in crops:
         label = np.zeros(crop.shape, dtype=np.uint8)
         for name, mask in crop.truth.items():
-            label[mask] = CH[name] + 1
+            label[mask] = ONTOLOGY.labels[CH[name]]
         path = tmp / f"jrc_x_{crop.crop_id}.nii.gz"
         nib.save(nib.Nifti1Image(label, np.diag([*spacing, 1.0])), path)
         group = store.require_group(crop.crop_id)
-        for name in CLASS_NAMES:
-            dtype = "uint32" if name == "nuc" else "uint8"
+        for name in ONTOLOGY.names:  # atomic classes and groups, as prediction writes them
+            dtype = "uint32" if ONTOLOGY.is_instance(name) else "uint8"
             arr = group.create_array(name, shape=crop.shape, chunks=(8, 8, 8), dtype=dtype)
             arr[...] = crop.pred.get(name, np.zeros(crop.shape)).astype(dtype)
             arr.attrs["voxel_size"] = list(attr_spacing or spacing)
@@ -86,7 +86,8 @@ def write_case(tmp: Path, crops: list[Crop], spacing=SP, attr_spacing=None):
 
 def run(tmp: Path, crops: list[Crop], spacing=SP, **kw):
     pred, inv = write_case(tmp, crops, spacing)
-    summary = evaluate(pred, inv, spacing, tmp / "eval.csv", tmp / "eval_summary.json", **kw)
+    summary = evaluate(pred, inv, spacing, tmp / "eval.csv", tmp / "eval_summary.json", ONTOLOGY,
+                       **kw)
     return summary, pd.read_csv(tmp / "eval.csv", keep_default_na=False, na_values=[""])
 
 
@@ -123,6 +124,8 @@ def test_perfect_prediction(tmp_path):
     assert summary["instance_mean_combined"] == 1.0
     assert summary["metric_version"] == METRIC_VERSION
     assert summary["crops"] == ["jrc_x_crop001"]
+    assert summary["ontology"] == ONTOLOGY.summary()
+    assert summary["leaderboard"]["tested"] == list(ONTOLOGY.tested)
 
 
 def test_empty_prediction(tmp_path):
@@ -181,6 +184,79 @@ def test_unannotated_class_is_never_scored(tmp_path):
     summary, table = run(tmp_path, [Crop("crop001", truth, pred, ("ecs",))])
     assert list(table["class"]) == ["ecs"]
     assert list(summary["classes"]) == ["ecs"]
+
+
+def test_group_is_scored_only_where_all_its_members_are_annotated(tmp_path):
+    """ves = ves_mem | ves_lum (an instance group): its truth is the union of the members'
+    label values; a crop annotating only ves_mem gets no ves row."""
+    mem, lum = box((2, 2, 2), (6, 6, 3)), box((2, 2, 3), (6, 6, 6))  # one object, two values
+    other = box((12, 12, 12), (16, 16, 16))
+    crops = [
+        Crop("crop001", {"ves_mem": mem, "ves_lum": lum}, {"ves_mem": mem, "ves_lum": lum,
+             "ves": ids(mem | lum, other)}, ("ves_mem", "ves_lum")),
+        Crop("crop002", {"ves_mem": mem}, {"ves_mem": mem, "ves": ids(mem)}, ("ves_mem",)),
+    ]
+    summary, table = run(tmp_path, crops)
+    assert list(zip(table["crop_id"], table["class"], strict=True)) == [
+        ("crop001", "ves_mem"), ("crop001", "ves_lum"), ("crop001", "ves"),
+        ("crop002", "ves_mem")]
+    ves = row(table, "ves")
+    assert (ves.kind, ves.tp, ves.fp, ves.fn, ves.n_true) == ("instance", 1, 1, 0, 1)
+    assert row(table, "ves_lum").kind == "semantic"
+    assert summary["classes"]["ves"]["kind"] == "instance"
+    assert list(summary["classes"]) == ["ves_mem", "ves_lum", "ves"]
+
+
+MITO_MEM = box((4, 4, 4), (10, 10, 10)) & ~box((5, 5, 5), (9, 9, 9))
+MITO_RIBO = box((6, 6, 6), (7, 7, 7))
+MITO_LUM = box((5, 5, 5), (9, 9, 9)) & ~MITO_RIBO
+GOLGI_MEM = box((14, 14, 14), (20, 20, 16))
+GOLGI_LUM = box((14, 14, 16), (20, 20, 20))
+
+
+def test_a_group_is_scored_on_its_members_union_where_all_of_them_are_annotated(tmp_path):
+    """mito (an instance group) and golgi (a semantic one) get rows in the crop annotating all
+    their members, scored against the union of the members' label values; none in the crop
+    annotating only some of them."""
+    mito = ("mito_mem", "mito_lum", "mito_ribo")
+    truth = {"mito_mem": MITO_MEM, "mito_lum": MITO_LUM, "mito_ribo": MITO_RIBO,
+             "golgi_mem": GOLGI_MEM, "golgi_lum": GOLGI_LUM}
+    pred = {"mito": ids(MITO_MEM | MITO_LUM | MITO_RIBO), "golgi": GOLGI_LUM}
+    part = {"mito_mem": MITO_MEM, "mito_lum": MITO_LUM, "golgi_mem": GOLGI_MEM}
+    crops = [Crop("crop001", truth, pred, (*mito, "golgi_mem", "golgi_lum")),
+             Crop("crop002", part, pred, ("mito_mem", "mito_lum", "golgi_mem"))]
+    summary, table = run(tmp_path, crops)
+    assert list(table.loc[table.crop_id == "crop001", "class"]) == [
+        *mito, "golgi_mem", "golgi_lum", "mito", "golgi"]
+    assert list(table.loc[table.crop_id == "crop002", "class"]) == [
+        "mito_mem", "mito_lum", "golgi_mem"]
+    m = row(table, "mito", "crop001")
+    assert m.kind == "instance"
+    assert (m.tp, m.fp, m.fn, m.n_pred, m.n_true, m.combined) == (1, 0, 0, 1, 1, 1.0)
+    g = row(table, "golgi", "crop001")
+    assert g.kind == "semantic"
+    assert (g.tp, g.fp, g.fn) == (GOLGI_LUM.sum(), 0, GOLGI_MEM.sum())
+    assert g.iou == pytest.approx(2 / 3)  # 144 of the 216 truth voxels
+    assert summary["classes"]["mito"]["kind"] == "instance"
+    assert summary["classes"]["golgi"]["iou"] == pytest.approx(2 / 3)
+    assert summary["ontology"] == ONTOLOGY.summary()
+
+
+def test_the_leaderboard_scores_unpredicted_tested_classes_zero(tmp_path):
+    truth = {"ecs": ECS, "nuc": NUC_A}
+    pred = {"ecs": ECS, "nuc": ids(NUC_A)}
+    summary, _ = run(tmp_path, [Crop("crop001", truth, pred, ("ecs", "nuc"))])
+    board = summary["leaderboard"]
+    assert board["tested"] == list(ONTOLOGY.tested) and board["n_tested"] == 48
+    assert board["covered"] == len([t for t in ONTOLOGY.tested if t in ONTOLOGY.names])
+    assert "lyso" in board["not_predicted"] and board["scores"]["lyso"] == 0.0
+    assert "pm" in board["no_truth"] and "pm" not in board["scores"]  # predicted, unannotated
+    assert board["scores"]["ecs"] == board["scores"]["nuc"] == 1.0
+    semantic = [v for t, v in board["scores"].items() if not ONTOLOGY.is_instance(t)]
+    instance = [v for t, v in board["scores"].items() if ONTOLOGY.is_instance(t)]
+    assert board["semantic_mean_iou"] == pytest.approx(sum(semantic) / len(semantic))
+    assert board["instance_mean_combined"] == pytest.approx(sum(instance) / len(instance))
+    assert 0.0 < board["overall"] < summary["overall"] == 1.0
 
 
 def test_non_isotropic_run(tmp_path):
@@ -305,7 +381,8 @@ def _bad_case(tmp_path, breaker):
     pred, inv = write_case(tmp_path, [crop])
     breaker(zarr.open_group(str(pred / "predictions.zarr"), mode="a"), inv)
     with pytest.raises(InputError) as err:
-        evaluate(pred, inv, SP, tmp_path / "out" / "eval.csv", tmp_path / "out" / "s.json")
+        evaluate(pred, inv, SP, tmp_path / "out" / "eval.csv", tmp_path / "out" / "s.json",
+                 ONTOLOGY)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     return str(err.value)
@@ -335,5 +412,5 @@ def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, breaker, expecte
 def test_missing_store(tmp_path):
     _, inv = write_case(tmp_path, [Crop("crop001", {}, {}, ("ecs",))])
     with pytest.raises(InputError, match="prediction store not found"):
-        evaluate(tmp_path / "nope", inv, SP, tmp_path / "e.csv", tmp_path / "s.json")
+        evaluate(tmp_path / "nope", inv, SP, tmp_path / "e.csv", tmp_path / "s.json", ONTOLOGY)
     assert not (tmp_path / "e.csv").exists()

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ATOMIC, ONTOLOGY
 
 from cellmapseg import config
-from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.data import inventory
 from cellmapseg.data.datalist import read_datalist
 from cellmapseg.data.inventory import (
     COLUMNS,
     build_inventory,
+    columns,
     image_stats,
     label_counts,
     write_inventory,
@@ -40,14 +41,17 @@ def hand_built() -> tuple[np.ndarray, np.ndarray]:
 def inventory_of(make_dataset: Callable[..., Path], root: Path, **crop: object) -> pd.DataFrame:
     """Inventory of a 1+1 dataset whose first (training) crop is set by `crop`."""
     path = make_dataset(root, n_train=1, n_val=1, crops={0: crop})
-    return build_inventory(read_datalist(path), SPACING, 1e-3)
+    return build_inventory(read_datalist(path, "", ONTOLOGY.num_channels), SPACING, 1e-3,
+                           ONTOLOGY)
 
 
 def test_columns_and_hand_built_values(tmp_path: Path, make_dataset: Callable[..., Path]) -> None:
     image, label = hand_built()
     table = inventory_of(make_dataset, tmp_path, image=image, label=label, annotated_classes="0,3")
-    assert list(table.columns) == list(COLUMNS)
-    assert list(table.columns[-14:]) == [f"vox_{n}" for n in CLASS_NAMES]
+    assert list(table.columns) == columns(ONTOLOGY)
+    assert list(table.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert list(table.columns[len(COLUMNS):]) == [f"vox_{n}" for n in ATOMIC]
+    assert len(ATOMIC) == 14
     assert list(table["split"]) == ["training", "validation"]
     row = table.iloc[0]
     assert (row["crop"], row["dataset"], row["crop_id"]) == (
@@ -63,8 +67,8 @@ def test_columns_and_hand_built_values(tmp_path: Path, make_dataset: Callable[..
     assert row["image_mean"] == pytest.approx(image.astype(np.float64).mean(), rel=1e-12)
     assert row["image_std"] == pytest.approx(image.astype(np.float64).std(), rel=1e-12)
     assert (row["annotated_classes"], row["n_annotated"]) == ("0,3", 2)
-    counts = {n: row[f"vox_{n}"] for n in CLASS_NAMES}
-    assert counts == {n: {"ecs": 1000, "mito_lum": 500}.get(n, 0) for n in CLASS_NAMES}
+    counts = {n: row[f"vox_{n}"] for n in ATOMIC}
+    assert counts == {n: {"ecs": 1000, "mito_lum": 500}.get(n, 0) for n in ATOMIC}
 
 
 @pytest.mark.parametrize(
@@ -100,7 +104,7 @@ def test_unannotated_counts_are_zero_and_empty_warns(
         table = inventory_of(make_dataset, tmp_path, annotated_classes="")
     row = table.iloc[0]
     assert (row["annotated_classes"], row["n_annotated"]) == ("", 0)
-    assert all(row[f"vox_{n}"] == 0 for n in CLASS_NAMES)
+    assert all(row[f"vox_{n}"] == 0 for n in ATOMIC)
     assert f"crop {row['crop']}: annotated_classes is empty" in caplog.text
 
 
@@ -121,13 +125,15 @@ def test_chunked_reductions_match_numpy(monkeypatch: pytest.MonkeyPatch) -> None
     assert stats["image_mean"] == pytest.approx(image.mean(dtype=np.float64), rel=1e-12)
     assert stats["image_std"] == pytest.approx(image.std(dtype=np.float64), rel=1e-12)
     assert not stats["image_uint8_lossless"]
-    assert label_counts(label).tolist() == np.bincount(label.ravel(), minlength=15).tolist()
+    assert (label_counts(label, ONTOLOGY.labels).tolist()
+            == np.bincount(label.ravel(), minlength=15).tolist())
 
 
 def test_worker_pool_matches_serial(tmp_path: Path, make_dataset: Callable[..., Path]) -> None:
-    entries = read_datalist(make_dataset(tmp_path, n_train=3, n_val=2))
-    serial = build_inventory(entries, SPACING, 1e-3, workers=1)
-    pooled = build_inventory(entries, SPACING, 1e-3, workers=2)
+    entries = read_datalist(make_dataset(tmp_path, n_train=3, n_val=2), "",
+                            ONTOLOGY.num_channels)
+    serial = build_inventory(entries, SPACING, 1e-3, ONTOLOGY, workers=1)
+    pooled = build_inventory(entries, SPACING, 1e-3, ONTOLOGY, workers=2)
     pd.testing.assert_frame_equal(serial, pooled)
     assert list(pooled["crop"]) == [e.name for e in entries]
 
@@ -142,7 +148,7 @@ def test_write_inventory_csv(tmp_path: Path, make_dataset: Callable[..., Path]) 
     table = write_inventory(_cfg(datalist, dataroot="."), out)
     assert [p.name for p in out.parent.iterdir()] == ["inventory.csv"]  # no temp file left
     back = pd.read_csv(out, dtype={"annotated_classes": str}, keep_default_na=False)
-    assert list(back.columns) == list(COLUMNS)
+    assert list(back.columns) == columns(ONTOLOGY)
     assert list(back["crop"]) == list(table["crop"])
     first_image = tmp_path / "data" / "images" / f"{back['crop'][0]}_0000.nii.gz"
     assert back["image"].iloc[0] == str(first_image)  # resolved against the dataroot
@@ -154,7 +160,7 @@ def test_write_inventory_writes_nothing_on_failure(
 ) -> None:
     nan_image = np.full(SHAPE, np.nan, np.float32)
     datalist = make_dataset(tmp_path / "data", n_train=2, n_val=1, crops={2: {"image": nan_image}})
-    read_datalist(datalist)[0].label.unlink()
+    read_datalist(datalist, "", ONTOLOGY.num_channels)[0].label.unlink()
     out = tmp_path / "results" / "inventory.csv"
     with pytest.raises(InputError) as info:
         write_inventory(_cfg(datalist), out)

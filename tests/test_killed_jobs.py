@@ -38,8 +38,8 @@ import pandas as pd
 import pytest
 import torch
 import zarr
+from conftest import ONTOLOGY
 
-from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.data.inventory import validation_crop_ids
 from cellmapseg.models import checkpoint
 
@@ -209,7 +209,8 @@ def assert_same_predictions(ref: Path, run: Path) -> None:
     b = zarr.open_group(str(run / "results/tiny/predictions/predictions.zarr"), mode="r")
     assert sorted(a.group_keys()) == sorted(b.group_keys())
     for crop in a.group_keys():
-        for name in CLASS_NAMES:
+        assert sorted(b[crop].array_keys()) == sorted(ONTOLOGY.names)  # atomic and groups
+        for name in ONTOLOGY.names:
             np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:], f"{crop}/{name}")
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import NUM_CHANNELS, ONTOLOGY
 from torch.nn.parallel import DistributedDataParallel
 
 from cellmapseg.config import ModelConfig, from_dict
@@ -19,7 +20,7 @@ from cellmapseg.models import Net, mixup
 from cellmapseg.models.mixup import sample_beta
 from cellmapseg.models.net import resize_nearest
 
-C = 14
+C = NUM_CHANNELS  # 14
 SEGRESNET = {"network": {"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1, 1]},
              "ds_weights": [1.0, 0.5, 0.25], "roi_size": [32, 32, 32]}
 SWIN = {"network": {"type": "swinunetr", "feature_size": 12, "depths": [1, 1, 1, 1]},
@@ -121,7 +122,7 @@ def test_coarse_level_targets_stay_binary():
 
 
 def test_net_eval_returns_full_resolution_logits_and_loss_with_a_target():
-    net = Net(model_cfg(SEGRESNET)).eval()
+    net = Net(model_cfg(SEGRESNET), ONTOLOGY).eval()
     batch = random_batch([32, 32, 32])
     with torch.no_grad():
         out = net(batch)
@@ -134,14 +135,16 @@ def test_net_eval_returns_full_resolution_logits_and_loss_with_a_target():
 
 
 def test_net_level_weights_are_normalised_and_follow_the_outputs():
-    assert Net(model_cfg(SEGRESNET)).level_weights == pytest.approx([4 / 7, 2 / 7, 1 / 7])
-    assert Net(model_cfg(flex([0, 0.5, 0, 1]))).level_weights == pytest.approx([2 / 3, 1 / 3])
-    assert Net(model_cfg(SWIN)).level_weights == [1.0]
+    assert Net(model_cfg(SEGRESNET), ONTOLOGY).level_weights == pytest.approx(
+        [4 / 7, 2 / 7, 1 / 7])
+    assert Net(model_cfg(flex([0, 0.5, 0, 1])), ONTOLOGY).level_weights == pytest.approx(
+        [2 / 3, 1 / 3])
+    assert Net(model_cfg(SWIN), ONTOLOGY).level_weights == [1.0]
 
 
 def test_segresnet_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
-    net = Net(model_cfg(SEGRESNET, mixup_p=0.0)).train()
+    net = Net(model_cfg(SEGRESNET, mixup_p=0.0), ONTOLOGY).train()
     batch = random_batch([32, 32, 32])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
@@ -179,7 +182,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         result = {}
         for name, fields in DDP_MODELS.items():
             torch.manual_seed(0)
-            net = Net(model_cfg(fields, mixup_p=1.0)).train()
+            net = Net(model_cfg(fields, mixup_p=1.0), ONTOLOGY).train()
             start = checksum(net)
             ddp = DistributedDataParallel(net, find_unused_parameters=False)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.1)

@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import tiny_model
+from conftest import ONTOLOGY, tiny_model
 
 from cellmapseg import stages
-from cellmapseg.classes import CLASS_NAMES
 from cellmapseg.config import from_dict, load, to_dict
 from cellmapseg.data.inventory import read_inventory, validation_crop_ids, write_inventory
 from cellmapseg.data.store import ensure_store
@@ -32,7 +31,7 @@ def trained(tmp_path_factory):
            "small_shape": [12, 28, 28], "seed": 8}
     raw = {"data": {"synthetic": syn}}
     raw["data"]["datalist"] = str(generate(from_dict(raw).data.synthetic, (8.0,) * 3,
-                                           root / "data"))
+                                           root / "data", ONTOLOGY))
     write_inventory(from_dict(raw), root / "inventory.csv")
     (root / "caching.json").write_text(json.dumps(
         {"strategy": "A", "store_dir": str(root), "disk_dir": str(root), "d_threshold_mb": 1}))
@@ -64,15 +63,22 @@ def test_predictions_follow_the_challenge_layout(trained):
     assert sorted(store.group_keys()) == sorted(val["crop_id"])
     for _, row in val.iterrows():
         group = store[row["crop_id"]]
-        assert sorted(group.array_keys()) == sorted(CLASS_NAMES)
-        for name in CLASS_NAMES:
+        # one array per class: the 14 atomic ones and the groups mito, golgi, ves, endo
+        assert len(ONTOLOGY.names) == 18
+        assert sorted(group.array_keys()) == sorted(ONTOLOGY.names)
+        for name in ONTOLOGY.names:
             arr = group[name]
             assert arr.shape == (row["d"], row["h"], row["w"])
-            assert arr.dtype == (np.uint32 if name == "nuc" else np.uint8)
+            instance = name in ("nuc", "mito", "ves", "endo")
+            assert arr.dtype == (np.uint32 if instance else np.uint8)
             assert arr.attrs["voxel_size"] == [8.0, 8.0, 8.0]
             assert arr.attrs["translation"] == [0.0, 0.0, 0.0]
-        ids = np.asarray(group["nuc"][:])
-        assert set(np.unique(ids)) == set(range(ids.max() + 1))  # consecutive instance ids
+        for name in ("nuc", "mito", "ves", "endo"):
+            ids = np.asarray(group[name][:])
+            assert set(np.unique(ids)) == set(range(ids.max() + 1))  # consecutive instance ids
+        for name, members in ONTOLOGY.groups:  # a group is the union of its members
+            union = np.logical_or.reduce([np.asarray(group[m][:]) > 0 for m in members])
+            np.testing.assert_array_equal(np.asarray(group[name][:]) > 0, union)
     manifest = json.loads((out.parent / "manifest.json").read_text())
     assert manifest["crops"] == list(val["crop_id"]) and manifest["epoch"] == 1
     assert not (out.parent / "predictions.zarr.tmp").exists()
@@ -82,7 +88,11 @@ def test_predictions_follow_the_challenge_layout(trained):
     table = pd.read_csv(root / "tiny/eval.csv")
     for crop, classes in table.groupby("crop")["class"]:
         annotated = inv.set_index("crop").loc[crop, "annotated_classes"]
-        expected = {CLASS_NAMES[int(c)] for c in annotated.split(",") if c}
+        channels = {int(c) for c in annotated.split(",") if c}
+        expected = {ONTOLOGY.atomic[c] for c in channels}
+        # a group is scored where all its members are annotated, never elsewhere
+        expected |= {g for g, members in ONTOLOGY.groups
+                     if {ONTOLOGY.channel(m) for m in members} <= channels}
         assert set(classes) == expected  # unannotated classes are never scored
     assert "overall" in json.loads((root / "tiny/eval_summary.json").read_text())
 
@@ -95,7 +105,7 @@ def test_block_size_does_not_change_the_predictions(trained):
     predict(from_dict(raw), "tiny", root / "tiny/train/summary.json", inv, root / "b/p.zarr")
     a, b = zarr.open_group(str(root / "a/p.zarr")), zarr.open_group(str(root / "b/p.zarr"))
     for crop in a.group_keys():
-        for name in CLASS_NAMES:
+        for name in ONTOLOGY.names:
             np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])
 
 
@@ -149,7 +159,7 @@ def test_images_the_training_store_holds_are_read_there_with_the_same_result(tra
     assert set(sources[0].values()) == {"nifti"} and set(sources[1].values()) == {"training store"}
     a, b = zarr.open_group(str(tmp_path / "a/p.zarr")), zarr.open_group(str(tmp_path / "b/p.zarr"))
     for crop in a.group_keys():
-        for name in CLASS_NAMES:
+        for name in ONTOLOGY.names:
             np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])
 
 
@@ -186,7 +196,7 @@ def test_crops_predicted_and_scored_apart_gather_into_the_same_files(trained, tm
     assert sorted(b.group_keys()) == sorted(crops) and dict(b.attrs) == dict(a.attrs)
     for crop in crops:
         assert (R.predictions("tiny") / crop).is_symlink()  # linked, not copied
-        for name in CLASS_NAMES:
+        for name in ONTOLOGY.names:
             np.testing.assert_array_equal(a[crop][name][:], b[crop][name][:])
     # The store still reads after results/ moves (the links are relative).
     moved = tmp_path / "moved"

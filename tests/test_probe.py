@@ -6,6 +6,7 @@ import copy
 import dataclasses
 
 import pytest
+from conftest import ONTOLOGY
 
 from cellmapseg.config import from_dict
 from cellmapseg.data.inventory import read_inventory
@@ -25,7 +26,8 @@ def caching_dict(tmp_path) -> dict:
 def run(strategy, rows, nproc, tmp_path):
     caching = caching_dict(tmp_path)
     assert probe.prepare(strategy, rows, caching) is None
-    return probe.measure(strategy, rows, caching, nproc, [32, 32, 32], 2, tmp_path)
+    return probe.measure(strategy, rows, caching, nproc, [32, 32, 32], 2, tmp_path,
+                         ONTOLOGY.labels)
 
 
 @pytest.fixture(scope="module")

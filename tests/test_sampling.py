@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import NUM_CHANNELS, ONTOLOGY
 from torch.utils.data import DataLoader
 
-from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.data.batch import prepare_batch
 from cellmapseg.data.compact import PAD_LABEL
 from cellmapseg.data.sampling import (
@@ -21,13 +21,14 @@ from cellmapseg.data.sampling import (
 from cellmapseg.data.volumes import ListSource, Volume
 
 ROI = (16, 16, 16)
+LABELS = ONTOLOGY.labels  # 1..14: channel c is label value c + 1
 
 
 def make_volume(shape=(24, 28, 20), seed=0, name="v", mask=None) -> Volume:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 253, size=shape).astype(np.uint8)
     label = (image % 15).astype(np.uint8)  # label derived from the image: alignment is checkable
-    mask = np.ones(NUM_CLASSES, np.float32) if mask is None else mask
+    mask = np.ones(NUM_CHANNELS, np.float32) if mask is None else mask
     return Volume(name, image, label, mask, float(image.mean()), float(image.std()))
 
 
@@ -37,10 +38,10 @@ def loader(dataset, **kw):
 
 def test_items_have_the_spec_shapes_after_prepare_batch():
     ds = PatchDataset(ListSource([make_volume()]), ROI, num_samples=4, sub_epochs=1, seed=1)
-    batch = prepare_batch(collate_patches([ds[0], ds[0]]), "cpu")
+    batch = prepare_batch(collate_patches([ds[0], ds[0]]), LABELS, "cpu")
     assert batch.input.shape == (8, 1, *ROI) and batch.input.dtype == torch.float32
-    assert batch.target.shape == (8, NUM_CLASSES, *ROI)
-    assert batch.annotation_mask.shape == (8, NUM_CLASSES)
+    assert batch.target.shape == (8, NUM_CHANNELS, *ROI)
+    assert batch.annotation_mask.shape == (8, NUM_CHANNELS)
     assert batch.valid.shape == (8, 1, *ROI)
 
 
@@ -56,10 +57,10 @@ def test_label_value_3_becomes_channel_2():
     batch = {
         "image": torch.zeros((1, 1, 4, 4, 4), dtype=torch.uint8),
         "label": label,
-        "annotation_mask": torch.ones((1, NUM_CLASSES)),
+        "annotation_mask": torch.ones((1, NUM_CHANNELS)),
         "norm": torch.tensor([[0.0, 1.0]]),
     }
-    target = prepare_batch(batch).target
+    target = prepare_batch(batch, LABELS).target
     assert target[0, 2, 1, 2, 3] == 1.0
     assert target.sum() == 1.0
 
@@ -68,27 +69,39 @@ def test_every_label_value_maps_to_its_own_channel_and_zero_to_none():
     label = torch.arange(0, 15, dtype=torch.uint8).view(1, 15, 1, 1).expand(1, 15, 2, 2)
     batch = {
         "image": torch.zeros((1, 1, 15, 2, 2), dtype=torch.uint8), "label": label.contiguous(),
-        "annotation_mask": torch.ones((1, NUM_CLASSES)), "norm": torch.tensor([[0.0, 1.0]]),
+        "annotation_mask": torch.ones((1, NUM_CHANNELS)), "norm": torch.tensor([[0.0, 1.0]]),
     }
-    target = prepare_batch(batch).target[0]
+    target = prepare_batch(batch, LABELS).target[0]
     assert target[:, 0].sum() == 0  # value 0 = unknown/background: no channel
     for value in range(1, 15):
         assert target[value - 1, value].all() and target[:, value].sum() == 4
+
+
+def test_channels_follow_the_ontology_label_values_not_their_order():
+    """Channel c is label value labels[c]: values need not be 1..C nor ascending."""
+    label = torch.tensor([0, 3, 7, 9], dtype=torch.uint8).view(1, 4, 1, 1)
+    batch = {
+        "image": torch.zeros((1, 1, 4, 1, 1), dtype=torch.uint8), "label": label,
+        "annotation_mask": torch.ones((1, 2)), "norm": torch.tensor([[0.0, 1.0]]),
+    }
+    target = prepare_batch(batch, (9, 3)).target[0, :, :, 0, 0]
+    assert target.tolist() == [[0, 0, 0, 1], [0, 1, 0, 0]]  # 7 is no class here
 
 
 def test_normalisation_uses_the_whole_crop_statistics():
     vol = make_volume()
     ds = PatchDataset(ListSource([vol]), ROI, 1, 1, seed=0)
     item = ds[0]
-    x = prepare_batch(collate_patches([item])).input
+    x = prepare_batch(collate_patches([item]), LABELS).input
     expected = (item["image"].astype(np.float32) - vol.mean) / vol.std
     np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_empty_annotation_gives_an_all_zero_mask():
-    vol = make_volume(mask=np.zeros(NUM_CLASSES, np.float32))
-    batch = prepare_batch(collate_patches([PatchDataset(ListSource([vol]), ROI, 3, 1, 0)[0]]))
-    assert batch.annotation_mask.shape == (3, NUM_CLASSES)
+    vol = make_volume(mask=np.zeros(NUM_CHANNELS, np.float32))
+    batch = prepare_batch(collate_patches([PatchDataset(ListSource([vol]), ROI, 3, 1, 0)[0]]),
+                          LABELS)
+    assert batch.annotation_mask.shape == (3, NUM_CHANNELS)
     assert batch.annotation_mask.sum() == 0
 
 
@@ -109,7 +122,7 @@ def test_padded_voxels_are_invalid_and_belong_to_no_class():
     vol = make_volume(shape=(6, 16, 16))
     ds = PatchDataset(ListSource([vol]), ROI, 2, 1, seed=0, pad_image="mean")
     item = ds[0]
-    batch = prepare_batch(collate_patches([item]))
+    batch = prepare_batch(collate_patches([item]), LABELS)
     pad = torch.from_numpy(item["label"] == PAD_LABEL).unsqueeze(1)
     assert pad.any()
     assert (batch.valid[pad] == 0).all() and (batch.valid[~pad] == 1).all()

@@ -11,14 +11,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import ATOMIC, NUM_CHANNELS, ONTOLOGY
 
-from cellmapseg.classes import CLASS_NAMES, NUM_CLASSES
 from cellmapseg.config import SyntheticConfig, from_dict
 from cellmapseg.synthetic.generate import generate
 
 SPACING = (8.0, 8.0, 8.0)
 LARGE, SMALL = (40, 44, 48), (12, 24, 28)
-MEMBRANES = [CLASS_NAMES.index(n) + 1 for n in CLASS_NAMES if n == "pm" or n.endswith("_mem")]
+MEMBRANES = [v for n, v in zip(ATOMIC, ONTOLOGY.labels, strict=True)
+             if n == "pm" or n.endswith("_mem")]
+CHANNEL = {v: c for c, v in enumerate(ONTOLOGY.labels)}  # label value -> channel
 
 
 def small_config(**overrides: Any) -> SyntheticConfig:
@@ -45,14 +47,14 @@ def annotated(entry: dict[str, str]) -> set[int]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    path = generate(small_config(), SPACING, tmp_path_factory.mktemp("synthetic"))
+    path = generate(small_config(), SPACING, tmp_path_factory.mktemp("synthetic"), ONTOLOGY)
     datalist = json.loads(path.read_text())
     crops = [(e, load(e["image"])[0], load(e["label"])[0]) for e in entries(datalist)]
     return {"path": path, "datalist": datalist, "crops": crops}
 
 
 def arrays(out_dir: Path, cfg: SyntheticConfig) -> list[np.ndarray]:
-    datalist = json.loads(generate(cfg, SPACING, out_dir).read_text())
+    datalist = json.loads(generate(cfg, SPACING, out_dir, ONTOLOGY).read_text())
     return [load(e[k])[0] for e in entries(datalist) for k in ("image", "label")]
 
 
@@ -74,7 +76,7 @@ def test_images_are_integer_float32_in_range_and_labels_uint8_class_values(datas
         assert np.array_equal(image, np.round(image))
         assert image.min() >= 0 and image.max() <= 252
         assert label.dtype == np.uint8
-        assert label.max() <= NUM_CLASSES
+        assert set(np.unique(label)) <= {0, *ONTOLOGY.labels}
         assert image.shape == label.shape
 
 
@@ -101,9 +103,10 @@ def test_files_follow_the_cellmap_naming_pattern(dataset) -> None:
 def test_datalist_has_monai_format_with_absolute_paths(dataset) -> None:
     datalist = dataset["datalist"]
     assert datalist["modality"] == "EM" and datalist["sigmoid"] is True
-    assert datalist["num_classes"] == NUM_CLASSES
+    assert datalist["num_classes"] == NUM_CHANNELS
     assert datalist["class_names"][0] == {"name": "ecs", "index": [1]}
-    assert [c["name"] for c in datalist["class_names"]] == list(CLASS_NAMES)
+    assert [c["name"] for c in datalist["class_names"]] == list(ATOMIC)
+    assert [c["index"] for c in datalist["class_names"]] == [[v] for v in ONTOLOGY.labels]
     assert {"name", "description", "training", "validation"} <= set(datalist)
     for entry in entries(datalist):
         assert set(entry) == {"image", "label", "annotated_classes"}
@@ -111,7 +114,7 @@ def test_datalist_has_monai_format_with_absolute_paths(dataset) -> None:
             assert Path(entry[key]).is_absolute() and Path(entry[key]).is_file()
         channels = [int(c) for c in entry["annotated_classes"].split(",") if c]
         assert channels == sorted(set(channels))
-        assert all(0 <= c < NUM_CLASSES for c in channels)
+        assert all(0 <= c < NUM_CHANNELS for c in channels)
 
 
 def test_split_sizes_and_datasets_follow_the_config(dataset) -> None:
@@ -140,33 +143,33 @@ def test_one_large_and_one_small_training_crop(dataset) -> None:
 
 def test_unannotated_classes_have_no_voxels(dataset) -> None:
     for entry, _, label in dataset["crops"]:
-        present = {int(v) - 1 for v in np.unique(label) if v}
+        present = {CHANNEL[int(v)] for v in np.unique(label) if v}
         assert present <= annotated(entry), entry["label"]
 
 
 def test_every_class_is_annotated_in_training_and_in_validation(dataset) -> None:
     for split in ("training", "validation"):
         covered = set().union(*(annotated(e) for e in dataset["datalist"][split]))
-        assert covered == set(range(NUM_CLASSES)), split
+        assert covered == set(range(NUM_CHANNELS)), split
 
 
 def test_mito_ribo_is_annotated_only_with_mito(dataset) -> None:
-    mito = {CLASS_NAMES.index("mito_mem"), CLASS_NAMES.index("mito_lum")}
+    mito = {ONTOLOGY.channel("mito_mem"), ONTOLOGY.channel("mito_lum")}
     for entry in entries(dataset["datalist"]):
-        if CLASS_NAMES.index("mito_ribo") in annotated(entry):
+        if ONTOLOGY.channel("mito_ribo") in annotated(entry):
             assert mito <= annotated(entry)
 
 
 def test_annotated_classes_have_voxels(dataset) -> None:
     for entry, _, label in dataset["crops"]:
-        counts = np.bincount(label.ravel(), minlength=NUM_CLASSES + 1)
-        missing = [CLASS_NAMES[c] for c in annotated(entry) if counts[c + 1] == 0]
+        counts = np.bincount(label.ravel(), minlength=ONTOLOGY.max_label + 1)
+        missing = [ATOMIC[c] for c in annotated(entry) if counts[ONTOLOGY.labels[c]] == 0]
         assert not missing, (entry["label"], missing)
 
 
 def test_membrane_and_lumen_annotations_come_in_pairs(dataset) -> None:
     for entry in entries(dataset["datalist"]):
-        names = {CLASS_NAMES[c] for c in annotated(entry)}
+        names = {ATOMIC[c] for c in annotated(entry)}
         for organelle in ("mito", "golgi", "ves", "endo", "er"):
             assert (f"{organelle}_mem" in names) == (f"{organelle}_lum" in names)
 
@@ -191,7 +194,7 @@ def test_membranes_are_darker_than_cytoplasm(dataset) -> None:
 def test_datalist_is_written_last(tmp_path: Path) -> None:
     cfg = small_config(n_train=3, n_val=1, shape=[16, 16, 16], large_shape=[20, 20, 20],
                        small_shape=[8, 12, 12])
-    path = generate(cfg, SPACING, tmp_path)
+    path = generate(cfg, SPACING, tmp_path, ONTOLOGY)
     newest = max(p.stat().st_mtime_ns for p in tmp_path.rglob("*.nii.gz"))
     assert path.stat().st_mtime_ns >= newest
     assert not list(tmp_path.rglob(".*.tmp"))

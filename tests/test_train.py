@@ -32,7 +32,8 @@ def setup(tmp_path_factory):
     syn = {"n_train": 4, "n_val": 2, "shape": [24, 24, 24], "large_shape": [32, 32, 32],
            "small_shape": [12, 24, 24], "seed": 5}
     raw = {"data": {"synthetic": syn}}
-    datalist = generate(from_dict(raw).data.synthetic, (8.0,) * 3, root / "data")
+    made = from_dict(raw)
+    datalist = generate(made.data.synthetic, (8.0,) * 3, root / "data", made.classes)
     raw["data"]["datalist"] = str(datalist)
     write_inventory(from_dict(raw), root / "inventory.csv")
     selection = {"strategy": "A", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),

@@ -9,9 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import NUM_CHANNELS, ONTOLOGY, tiny_model
 
-from cellmapseg.classes import NUM_CLASSES
 from cellmapseg.config import from_dict
 from cellmapseg.data.batch import prepare_batch
 from cellmapseg.data.volumes import ListSource, Volume
@@ -27,17 +26,17 @@ def whole_volume_counts(net: Net, volume: Volume, roi, cfg) -> np.ndarray:
         "label": torch.from_numpy(volume.label[None]),
         "annotation_mask": torch.from_numpy(volume.annotation_mask[None]),
         "norm": torch.tensor([[volume.mean, volume.std]], dtype=torch.float32),
-    }, "cpu")
+    }, ONTOLOGY.labels, "cpu")
     logits = sliding_window_logits(net.predict, batch.input, roi, cfg)
-    pred = binarise(logits, cfg.thresholds())[0]
+    pred = binarise(logits, cfg.thresholds(NUM_CHANNELS))[0]
     return confusion_counts(pred, batch.target[0] > 0.5).numpy()
 
 
 def volume(shape, seed: int, annotated=(0, 2, 3, 13)) -> Volume:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 253, shape).astype(np.uint8)
-    label = rng.integers(0, NUM_CLASSES + 1, shape).astype(np.uint8)
-    mask = np.zeros(NUM_CLASSES, np.float32)
+    label = rng.integers(0, NUM_CHANNELS + 1, shape).astype(np.uint8)
+    mask = np.zeros(NUM_CHANNELS, np.float32)
     mask[list(annotated)] = 1
     return Volume(f"crop{seed}", image, label, mask, float(image.mean()), float(image.std()))
 
@@ -47,7 +46,7 @@ def net_and_cfg():
     cfg = from_dict({"models": {"tiny": tiny_model()},
                      "inference": {"sw_batch_size": 1, "block_size": 24, "overlap": 0.5}})
     torch.manual_seed(0)
-    return Net(cfg.model("tiny")).eval(), cfg
+    return Net(cfg.model("tiny"), cfg.classes).eval(), cfg
 
 
 @pytest.mark.parametrize("shape", [(40, 36, 44), (16, 50, 20), (10, 12, 30)])
@@ -56,7 +55,8 @@ def test_block_wise_counts_equal_the_whole_volume_counts(net_and_cfg, shape):
     roi = cfg.model("tiny").roi_size
     v = volume(shape, seed=sum(shape))
     with torch.no_grad():
-        blocks = score_volume(net.predict, v, roi, cfg.inference, torch.device("cpu"))
+        blocks = score_volume(net.predict, v, roi, cfg.inference, torch.device("cpu"),
+                              ONTOLOGY.labels)
         whole = whole_volume_counts(net, v, roi, cfg.inference)
     np.testing.assert_array_equal(blocks, whole)
     assert blocks[:, 0].sum() > 0 and blocks[:, 1].sum() > 0  # both outcomes occur
@@ -67,7 +67,8 @@ def test_block_size_does_not_change_the_counts(net_and_cfg):
     roi = cfg.model("tiny").roi_size
     v, cpu = volume((48, 40, 36), seed=7), torch.device("cpu")
     with torch.no_grad():
-        counts = [score_volume(net.predict, v, roi, replace(cfg.inference, block_size=b), cpu)
+        counts = [score_volume(net.predict, v, roi, replace(cfg.inference, block_size=b), cpu,
+                               ONTOLOGY.labels)
                   for b in (16, 24, 64)]
     np.testing.assert_array_equal(counts[0], counts[1])
     np.testing.assert_array_equal(counts[0], counts[2])
@@ -78,7 +79,7 @@ def test_only_annotated_channels_are_recorded(net_and_cfg):
     source = ListSource([volume((20, 20, 20), 1, (0, 5)), volume((20, 24, 20), 2, (13,))])
     with torch.no_grad():
         records = score_volumes(net.predict, source, range(2), cfg.model("tiny").roi_size,
-                                cfg.inference, torch.device("cpu"))
+                                cfg.inference, torch.device("cpu"), ONTOLOGY.labels)
     assert [(r["crop"], r["channel"]) for r in records] == [
         ("crop1", 0), ("crop1", 5), ("crop2", 13)]
     assert all(r["tp"] + r["fn"] > 0 for r in records)

@@ -180,7 +180,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def report_model(model: str, metrics: Path, eval_summary: Path, predictions: Path,
                  inventory_csv: Path, out: Mapping[str, Path]) -> None:
-    """One model's report figures: training curves, per-class scores, example slices."""
+    """One model's report figures: training curves, per-class scores, example slices. The
+    classes are those of each input (metrics.csv's columns, the summary's ontology, the store's
+    `classes`); the truth's label values are those of the training's resolved config."""
     import pandas as pd
 
     from cellmapseg.data.inventory import CROP_COLUMNS, read_inventory
@@ -190,8 +192,12 @@ def report_model(model: str, metrics: Path, eval_summary: Path, predictions: Pat
         raise InputError(f"{metrics}: file not found")
     figures.plot_training(pd.read_csv(metrics), model, out["curves"])
     figures.plot_scores(read_json(eval_summary), model, out["scores"])
+    labels = figures.config_labels(TrainFiles(Path(metrics).parent).config)
+    if labels is None:
+        log.warning("report for %s: no label values in %s; the example slices assume label "
+                    "value = channel + 1", model, TrainFiles(Path(metrics).parent).config)
     shown = figures.plot_examples(predictions, read_inventory(inventory_csv, CROP_COLUMNS), model,
-                                  out["examples"])
+                                  out["examples"], labels=labels)
     log.info("report for %s: example crops %s", model, ", ".join(shown))
 
 

@@ -98,7 +98,7 @@ class LabelScan:
             self.bad.update(int(v) for v in np.unique(chunk[outside]))
             chunk = chunk[~outside]
         counts = np.bincount(chunk.astype(np.int64), minlength=top + 1)[: top + 1]
-        self.bad.update(int(v) for v in np.flatnonzero(counts & ~self._allowed))
+        self.bad.update(int(v) for v in np.flatnonzero((counts > 0) & ~self._allowed))
         self.counts += counts
 
 

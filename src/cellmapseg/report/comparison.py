@@ -1,5 +1,12 @@
 """The cross-model comparison: one row per model config (results/comparison.csv, .md, .html, .png).
 
+The class columns come from the ontology the models were scored over (eval_summary.json's
+`ontology`; every model of one run shares it): IoU and Dice of each semantic class it predicts,
+F1, normalised Hausdorff and combined score of each instance class it predicts, atomic classes
+first, then groups. Beside the scores over the classes scored, the leaderboard's view: the score
+as the challenge computes it over its tested classes (a tested class not predicted scores 0), and
+how many of them the ontology covers.
+
 A model whose evaluation is missing stays in the table as `missing`, naming the file it lacks.
 Scores that come only from crops the challenge's instance-count guard skipped (a class whose every
 crop was skipped scores 1.0) are flagged with a dagger and never win a column: the guard's 1.0
@@ -13,7 +20,7 @@ import html
 import json
 import math
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +33,82 @@ import numpy as np
 import pandas as pd
 
 from cellmapseg.atomic import atomic_path, write_text
-from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
 from cellmapseg.errors import InputError
 from cellmapseg.layout import Results
 
-SEMANTIC = tuple(c for c in CLASS_NAMES if c not in INSTANCE_CLASSES)
 INSTANCE_METRICS = ("f1", "norm_hausdorff", "combined")
 HEADLINE = ("overall", "semantic_mean_iou", "instance_mean_combined")
-INSTANCE_COLUMNS = tuple(f"{c}_{m}" for c in INSTANCE_CLASSES for m in INSTANCE_METRICS)
-IOU_COLUMNS = tuple(f"iou_{c}" for c in SEMANTIC)
-DICE_COLUMNS = tuple(f"dice_{c}" for c in SEMANTIC)
-# Every score column: higher is better; the best of each is marked.
-SCORE_COLUMNS = (*HEADLINE, *INSTANCE_COLUMNS, *IOU_COLUMNS, *DICE_COLUMNS, "best_val_dice")
+# The leaderboard's view (eval_summary.json `leaderboard`): column -> key there.
+LEADERBOARD = {"leaderboard_overall": "overall",
+               "leaderboard_semantic_mean_iou": "semantic_mean_iou",
+               "leaderboard_instance_mean_combined": "instance_mean_combined",
+               "tested_covered": "covered", "n_tested": "n_tested"}
+LEADERBOARD_SCORES = ("leaderboard_overall", "leaderboard_semantic_mean_iou",
+                      "leaderboard_instance_mean_combined")
+COVERAGE = "leaderboard_coverage"  # the summary's one-line coverage sentence
 TRAIN_KEYS = ("parameters", "epochs", "steps", "best_epoch", "best_val_dice", "patches_per_s",
               "caching_strategy", "world_size", "device")
+COST_COLUMNS = ("parameters", "epochs", "steps", "best_epoch", "best_val_dice", "train_wall_s",
+                "patches_per_s", "peak_host_rss_gib", "peak_gpu_gib", "caching_strategy",
+                "world_size", "device")
+INT_COLUMNS = ("epochs", "steps", "best_epoch", "world_size", "tested_covered", "n_tested")
 DAGGER = "†"
+NOT_TESTED = " (not a tested class)"  # ends a guard note of a class the leaderboard leaves out
+
+
+@dataclass(frozen=True)
+class Classes:
+    """The class columns of a comparison: the predicted classes, in ontology order."""
+
+    semantic: tuple[str, ...] = ()
+    instance: tuple[str, ...] = ()
+
+    @property
+    def instance_columns(self) -> tuple[str, ...]:
+        return tuple(f"{c}_{m}" for c in self.instance for m in INSTANCE_METRICS)
+
+    @property
+    def iou_columns(self) -> tuple[str, ...]:
+        return tuple(f"iou_{c}" for c in self.semantic)
+
+    @property
+    def dice_columns(self) -> tuple[str, ...]:
+        return tuple(f"dice_{c}" for c in self.semantic)
+
+
+def classes_of(summaries: Iterable[Mapping[str, Any]]) -> Classes:
+    """The class columns of the first summary recording an ontology (its atomic classes, then
+    its groups; instance or semantic as it says); from a summary without one (written before
+    the ontology was recorded), its scored classes and their kinds. No summary: no columns."""
+    summaries = list(summaries)
+    for summary in summaries:
+        onto = summary.get("ontology")
+        if isinstance(onto, Mapping):
+            names = [*onto.get("atomic", []), *onto.get("groups", {})]
+            instance = set(onto.get("instance", []))
+            return Classes(tuple(n for n in names if n not in instance),
+                           tuple(n for n in names if n in instance))
+    kinds: dict[str, str] = {}
+    for summary in summaries:
+        for name, entry in (summary.get("classes") or {}).items():
+            kinds.setdefault(name, entry.get("kind", "semantic"))
+    return Classes(tuple(n for n, k in kinds.items() if k != "instance"),
+                   tuple(n for n, k in kinds.items() if k == "instance"))
+
+
+def frame_classes(frame: pd.DataFrame) -> Classes:
+    """The class columns `build` gave `frame`."""
+    cols = list(frame.columns)
+    return Classes(tuple(c[len("iou_"):] for c in cols if c.startswith("iou_")),
+                   tuple(c[:-len("_norm_hausdorff")] for c in cols
+                         if c.endswith("_norm_hausdorff")))
+
+
+def score_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    """Every score column of `frame` (higher is better for each; the best of each is marked)."""
+    k = frame_classes(frame)
+    return (*HEADLINE, *LEADERBOARD_SCORES, *k.instance_columns, *k.iou_columns,
+            *k.dice_columns, "best_val_dice")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -52,15 +120,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
 
 
-def _eval_columns(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+def _eval_columns(summary: dict[str, Any], path: Path, k: Classes) -> dict[str, Any]:
     try:
         classes = summary["classes"]
-        row: dict[str, Any] = {k: summary[k] for k in HEADLINE}
+        row: dict[str, Any] = {c: summary[c] for c in HEADLINE}
     except KeyError as exc:
         raise InputError(f"{path}: missing key {exc.args[0]!r}") from exc
+    board = summary.get("leaderboard")
+    if isinstance(board, Mapping):
+        row.update({col: board.get(key) for col, key in LEADERBOARD.items()})
+        row[COVERAGE] = board.get("line")
+        tested = set(board.get("tested", ()))
+    else:
+        tested = set()
     row["eval_crops"] = summary.get("n_crops")
     inflated = []
-    for c in INSTANCE_CLASSES:
+    for c in k.instance:
         s = classes.get(c, {})
         row[f"{c}_f1"] = s.get("f1")
         row[f"{c}_norm_hausdorff"] = s.get("mean_norm_hausdorff")
@@ -68,8 +143,9 @@ def _eval_columns(summary: dict[str, Any], path: Path) -> dict[str, Any]:
         row[f"{c}_crops"] = s.get("crops", 0)
         row[f"{c}_skipped_crops"] = s.get("skipped_crops", 0)
         if s and s.get("crops", 0) > 0 and s.get("skipped_crops", 0) == s["crops"]:
-            inflated.append(f"{c}: all {s['crops']} crops skipped by the challenge's guard")
-    for c in SEMANTIC:
+            inflated.append(f"{c}: all {s['crops']} crops skipped by the challenge's guard"
+                            + ("" if c in tested else NOT_TESTED))
+    for c in k.semantic:
         row[f"iou_{c}"] = classes.get(c, {}).get("iou")
         row[f"dice_{c}"] = classes.get(c, {}).get("dice")
     row["guard_note"] = "; ".join(inflated)
@@ -97,49 +173,83 @@ def model_files(results: Results, models: Iterable[str]) -> dict[str, ModelFiles
     return {m: ModelFiles(results.train(m).summary, results.eval_summary(m)) for m in models}
 
 
-def model_row(model: str, files: ModelFiles) -> dict[str, Any]:
-    """One model's row; `status` says `ok` or which file is missing."""
-    eval_path, train_path = Path(files.eval_summary), Path(files.train_summary)
+@dataclass(frozen=True)
+class _Read:
+    files: ModelFiles
+    train: dict[str, Any] | None
+    evaluation: dict[str, Any] | None
+
+
+def _read(files: ModelFiles) -> _Read:
+    return _Read(files, _read_json(Path(files.train_summary)),
+                 _read_json(Path(files.eval_summary)))
+
+
+def model_row(model: str, files: ModelFiles | _Read, k: Classes | None = None
+              ) -> dict[str, Any]:
+    """One model's row (class columns `k`, default: its own summary's); `status` says `ok` or
+    which file is missing."""
+    read = files if isinstance(files, _Read) else _read(files)
+    eval_path, train_path = Path(read.files.eval_summary), Path(read.files.train_summary)
     row: dict[str, Any] = {"model": model}
-    train, evaluation = _read_json(train_path), _read_json(eval_path)
-    if train is not None:
-        row.update(_train_columns(train))
-    if evaluation is not None:
-        row.update(_eval_columns(evaluation, eval_path))
-    missing = [str(p) for p, d in ((train_path, train), (eval_path, evaluation)) if d is None]
+    if read.train is not None:
+        row.update(_train_columns(read.train))
+    if read.evaluation is not None:
+        k = k if k is not None else classes_of([read.evaluation])
+        row.update(_eval_columns(read.evaluation, eval_path, k))
+    missing = [str(p) for p, d in ((train_path, read.train), (eval_path, read.evaluation))
+               if d is None]
     row["status"] = "missing: " + ", ".join(missing) if missing else "ok"
     return row
 
 
+def columns(k: Classes) -> list[str]:
+    """The comparison's columns, in order, for class columns `k`."""
+    return ["model", "status", *HEADLINE, *LEADERBOARD, *k.instance_columns,
+            *(f"{c}_{s}" for c in k.instance for s in ("crops", "skipped_crops")),
+            "guard_note", *k.iou_columns, *k.dice_columns, *COST_COLUMNS, "eval_crops",
+            COVERAGE]
+
+
 def build(models: Mapping[str, ModelFiles]) -> pd.DataFrame:
-    """The comparison frame, one row per model in the given order (missing ones included)."""
-    columns = ["model", "status", *HEADLINE, *INSTANCE_COLUMNS,
-               *(f"{c}_{k}" for c in INSTANCE_CLASSES for k in ("crops", "skipped_crops")),
-               "guard_note", *IOU_COLUMNS, *DICE_COLUMNS, "parameters", "epochs", "steps",
-               "best_epoch", "best_val_dice", "train_wall_s", "patches_per_s",
-               "peak_host_rss_gib", "peak_gpu_gib", "caching_strategy", "world_size", "device",
-               "eval_crops"]
-    rows = [model_row(m, files) for m, files in models.items()]
-    if not rows:
+    """The comparison frame, one row per model in the given order (missing ones included); the
+    class columns are those of the models' ontology (none when no model has an evaluation)."""
+    if not models:
         raise InputError("comparison: no models given (config key 'models' is empty)")
-    return pd.DataFrame(rows).reindex(columns=columns)
+    read = {m: _read(files) for m, files in models.items()}
+    k = classes_of(r.evaluation for r in read.values() if r.evaluation is not None)
+    rows = [model_row(m, r, k) for m, r in read.items()]
+    frame = pd.DataFrame(rows).reindex(columns=columns(k))
+    for col in ("tested_covered", "n_tested"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    for col in ("guard_note", COVERAGE):  # text, even when no model has any (all empty)
+        frame[col] = frame[col].astype(object)
+    return frame
+
+
+def _noted(note: str) -> list[str]:
+    """The guard note's items, one per class the guard skipped every crop of."""
+    return [item for item in note.split("; ") if item]
 
 
 def inflated(frame: pd.DataFrame, model: str, column: str) -> bool:
     """Whether `column` of `model` rests on a class every crop of which the guard skipped."""
     note = frame.loc[frame["model"] == model, "guard_note"].fillna("").iloc[0]
-    if not note:
+    items = _noted(note)
+    if not items:
         return False
     if column in ("overall", "instance_mean_combined"):
         return True
-    return any(note.startswith(f"{c}:") or f"; {c}:" in note
-               for c in INSTANCE_CLASSES if column.startswith(f"{c}_"))
+    if column in ("leaderboard_overall", "leaderboard_instance_mean_combined"):
+        return any(not item.endswith(NOT_TESTED) for item in items)
+    return any(column in {f"{item.split(':', 1)[0]}_{m}" for m in INSTANCE_METRICS}
+               for item in items)
 
 
 def best_marks(frame: pd.DataFrame) -> dict[str, set[str]]:
     """For each score column, the model(s) holding its best informative value (ties all win)."""
     marks: dict[str, set[str]] = {}
-    for col in SCORE_COLUMNS:
+    for col in score_columns(frame):
         values = {m: v for m, v in zip(frame["model"], frame[col], strict=True)
                   if _is_number(v) and not inflated(frame, m, col)}
         if values:
@@ -167,9 +277,14 @@ def _fmt(col: str, v: Any) -> str:  # one branch per unit
         return f"{v:.2f} GiB"
     if col == "patches_per_s":
         return f"{v:.1f}"
-    if col in ("epochs", "steps", "best_epoch", "world_size"):
+    if col in INT_COLUMNS:
         return f"{int(v)}"
     return f"{v:.3f}"
+
+
+# Columns a table shows that combine two of the frame's: (shown first, format of the pair).
+_PAIRS = {"epochs_steps": ("epochs", "steps", "{} ({})"),
+          "tested_coverage": ("tested_covered", "n_tested", "{} of {}")}
 
 
 def _cell(frame: pd.DataFrame, i: int, col: str, marks: dict[str, set[str]]
@@ -178,11 +293,12 @@ def _cell(frame: pd.DataFrame, i: int, col: str, marks: dict[str, set[str]]
     row = frame.iloc[i]
     if col == "model":
         return str(row["model"]) + (" (missing)" if row["status"] != "ok" else ""), False
-    value = row["epochs"] if col == "epochs_steps" else row[col]
+    value = row[_PAIRS[col][0]] if col in _PAIRS else row[col]
     if pd.isna(value) and row["status"] != "ok":
         return "—", False
-    if col == "epochs_steps":
-        return f"{_fmt('epochs', row['epochs'])} ({_fmt('steps', row['steps'])})", False
+    if col in _PAIRS:
+        first, second, form = _PAIRS[col]
+        return form.format(_fmt(first, row[first]), _fmt(second, row[second])), False
     if col == "peak_gpu_gib" and row["device"] == "cpu":
         return "n/a (cpu)", False
     text = _fmt(col, value)
@@ -191,29 +307,68 @@ def _cell(frame: pd.DataFrame, i: int, col: str, marks: dict[str, set[str]]
     return text, row["model"] in marks.get(col, set())
 
 
-SUMMARY_TABLE = {
-    "model": "Model", "overall": "Overall ↑", "semantic_mean_iou": "Semantic mean IoU ↑",
-    **{f"{c}_{m}": f"{c} {label} ↑" for c in INSTANCE_CLASSES
-       for m, label in (("f1", "F1"), ("norm_hausdorff", "norm. Hausdorff"),
-                        ("combined", "combined"))},
+COSTS_TABLE = {
     "best_val_dice": "Best val Dice ↑", "parameters": "Parameters",
     "epochs_steps": "Epochs (steps)", "best_epoch": "Best epoch", "train_wall_s": "Train time",
     "patches_per_s": "Patches/s", "peak_host_rss_gib": "Peak host RSS",
     "peak_gpu_gib": "Peak GPU", "caching_strategy": "Caching",
 }
-OVERVIEW_TABLE = {"model": "Model", "overall": "Overall ↑", "semantic_mean_iou": "Sem. IoU ↑",
-                  **{f"{c}_combined": f"{c} ↑" for c in INSTANCE_CLASSES},
+SUMMARY_TABLE = {
+    "model": "Model", "overall": "Overall ↑", "leaderboard_overall": "Leaderboard ↑",
+    "semantic_mean_iou": "Semantic mean IoU ↑",
+    "instance_mean_combined": "Instance mean combined ↑", **COSTS_TABLE,
+}
+LEADERBOARD_TABLE = {
+    "model": "Model", "leaderboard_overall": "Leaderboard overall ↑",
+    "leaderboard_semantic_mean_iou": "Semantic mean IoU ↑",
+    "leaderboard_instance_mean_combined": "Instance mean combined ↑",
+    "tested_coverage": "Tested classes predicted",
+}
+OVERVIEW_TABLE = {"model": "Model", "overall": "Overall ↑", "leaderboard_overall": "Leaderboard ↑",
+                  "semantic_mean_iou": "Sem. IoU ↑", "instance_mean_combined": "Inst. combined ↑",
                   "train_wall_s": "Train time", "caching_strategy": "Caching"}
-IOU_TABLE = {"model": "Model", **{f"iou_{c}": c for c in SEMANTIC}}
-DICE_TABLE = {"model": "Model", **{f"dice_{c}": c for c in SEMANTIC}}
-TABLES = (("Summary", SUMMARY_TABLE), ("Per-class IoU (semantic classes)", IOU_TABLE),
-          ("Per-class Dice (semantic classes)", DICE_TABLE))
+_INSTANCE_LABELS = (("f1", "F1"), ("norm_hausdorff", "norm. Hausdorff"), ("combined", "combined"))
+
+
+def tables(frame: pd.DataFrame) -> tuple[tuple[str, dict[str, str]], ...]:
+    """(title, {column: header}) of every table of the comparison: the summary, the
+    leaderboard's view, then the per-class scores of the classes the frame has columns for."""
+    k = frame_classes(frame)
+    out: list[tuple[str, dict[str, str]]] = [
+        ("Summary", SUMMARY_TABLE),
+        ("Leaderboard (the challenge's tested classes; not predicted ones score 0)",
+         LEADERBOARD_TABLE)]
+    if k.instance:
+        out.append(("Per-class instance scores", {
+            "model": "Model", **{f"{c}_{m}": f"{c} {label} ↑" for c in k.instance
+                                 for m, label in _INSTANCE_LABELS}}))
+    if k.semantic:
+        out.append(("Per-class IoU (semantic classes)",
+                    {"model": "Model", **{f"iou_{c}": c for c in k.semantic}}))
+        out.append(("Per-class Dice (semantic classes)",
+                    {"model": "Model", **{f"dice_{c}": c for c in k.semantic}}))
+    return tuple(out)
+
+
+def coverage_lines(frame: pd.DataFrame) -> list[str]:
+    """The leaderboard's coverage sentence: once when every model's is the same (one ontology),
+    else one per model; none when no summary has one."""
+    lines = {m: str(v) for m, v in zip(frame["model"], frame[COVERAGE], strict=True)
+             if isinstance(v, str) and v}
+    if not lines:
+        return []
+    lead = ("Leaderboard: the score as the challenge computes it over its tested classes "
+            "(a tested class not predicted scores 0). ")
+    if len(set(lines.values())) == 1:
+        return [f"{lead}The models' ontology {next(iter(lines.values()))}."]
+    return [f"{lead}{m}'s ontology {line}." for m, line in lines.items()]
 
 
 def _legend(frame: pd.DataFrame) -> list[str]:
-    lines = ["Best value of each score column in bold (↑: higher is better). Scores are the "
-             "CellMap challenge's, on the validation crops' annotated classes; n/a: the class "
-             "is not annotated in any validation crop."]
+    lines = coverage_lines(frame)
+    lines.append("Best value of each score column in bold (↑: higher is better). Scores are the "
+                 "CellMap challenge's, on the validation crops' annotated classes; n/a: the "
+                 "class is not annotated in any validation crop.")
     notes = [(m, n) for m, n in zip(frame["model"], frame["guard_note"].fillna(""), strict=True)
              if n]
     if notes:
@@ -229,7 +384,7 @@ def _legend(frame: pd.DataFrame) -> list[str]:
 def to_markdown(frame: pd.DataFrame, marks: dict[str, set[str]]) -> str:
     out = ["# Model comparison", ""]
     out += [line + "\n" for line in _legend(frame)]
-    for title, table in TABLES:
+    for title, table in tables(frame):
         out += [f"## {title}", "", "| " + " | ".join(table.values()) + " |",
                 "|" + "|".join("---" for _ in table) + "|"]
         for i in range(len(frame)):
@@ -244,10 +399,11 @@ def to_markdown(frame: pd.DataFrame, marks: dict[str, set[str]]) -> str:
 
 
 def html_tables(frame: pd.DataFrame, marks: dict[str, set[str]],
-                tables: tuple[tuple[str, dict[str, str]], ...] = TABLES) -> str:
-    """The tables as an HTML fragment; every name and value is escaped."""
+                which: Sequence[tuple[str, dict[str, str]]] | None = None) -> str:
+    """The tables (default: every table of `tables`) as an HTML fragment, the legend above;
+    every name and value is escaped."""
     parts = [f"<p>{html.escape(line)}</p>" for line in _legend(frame)]
-    for title, table in tables:
+    for title, table in (tables(frame) if which is None else which):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in table.values())
         rows = []
         for i in range(len(frame)):
@@ -276,11 +432,19 @@ def to_html(frame: pd.DataFrame, marks: dict[str, set[str]]) -> str:
 
 # --- figure -------------------------------------------------------------------------------------
 
+FIGURE_HEADLINE = {"overall": "overall", "leaderboard_overall": "leaderboard",
+                   "semantic_mean_iou": "sem. mean IoU",
+                   "instance_mean_combined": "inst. mean combined"}
+
+
 def figure_matrix(frame: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray]:
-    """(columns, labels, models x columns scores): headline scores, per-class IoU, nuc combined."""
-    cols = ["overall", "semantic_mean_iou", *IOU_COLUMNS,
-            *(f"{c}_combined" for c in INSTANCE_CLASSES)]
-    labels = ["overall", "sem. mean IoU", *SEMANTIC, *(f"{c} (combined)" for c in INSTANCE_CLASSES)]
+    """(columns, labels, models x columns scores): headline scores (the leaderboard's beside
+    the overall), then per-class IoU of the semantic classes and the combined score of the
+    instance classes."""
+    k = frame_classes(frame)
+    cols = [*FIGURE_HEADLINE, *k.iou_columns, *(f"{c}_combined" for c in k.instance)]
+    labels = [*FIGURE_HEADLINE.values(), *k.semantic,
+              *(f"{c} (combined)" for c in k.instance)]
     values = frame[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     return cols, labels, values
 
@@ -299,7 +463,8 @@ def plot(frame: pd.DataFrame, out: Path) -> None:
     """Heatmap of per-class scores across models; missing, n/a and guard-skipped cells labelled."""
     cols, labels, values = figure_matrix(frame)
     models, marks = list(frame["model"]), best_marks(frame)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(labels), 1.6 + 0.55 * len(models)))
+    width = max(7.0, 1.0 + 0.62 * len(labels))
+    fig, ax = plt.subplots(figsize=(width, 2.2 + 0.55 * len(models)))
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1,
                       aspect="auto")
     for i, model in enumerate(models):
@@ -316,10 +481,12 @@ def plot(frame: pd.DataFrame, out: Path) -> None:
                     color="white" if not np.isnan(v) and v < 0.6 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(models)), models)
-    ax.axvline(1.5, color="white", lw=3)
+    ax.axvline(len(FIGURE_HEADLINE) - 0.5, color="white", lw=3)
     fig.colorbar(image, ax=ax, label="score (IoU; combined for instances)", fraction=0.03)
     title = ("Per-class scores on the validation crops (CellMap challenge metrics); "
              "orange frame: best of the column")
+    for line in coverage_lines(frame):
+        title += "\n" + textwrap.fill(line, width=int(8 * width))  # ~8 characters an inch
     if frame["guard_note"].fillna("").any():
         title += f"\n{DAGGER} every crop skipped by the challenge's guard: score not informative"
     ax.set_title(title, fontsize=10)

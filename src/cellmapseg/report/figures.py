@@ -3,27 +3,37 @@
 Each `plot_*` builds its Figure in a `*_figure` helper (tests read the figure's texts there) and
 saves it atomically. Figures are made with `matplotlib.figure.Figure`, not pyplot: no global
 figure registry to leak in a long Snakemake job and no GUI backend needed (Agg renders PNGs).
+
+No class list is fixed here: the training curves take theirs from metrics.csv's val_dice_*
+columns (the atomic classes), the scores from eval_summary.json's `ontology`, the example slices
+from the predictions store's `classes` attribute (atomic classes, then groups).
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
-from collections.abc import Mapping, Sequence
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 import zarr
+from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import to_rgba
+from matplotlib.colors import rgb_to_hsv, to_hex, to_rgba
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from cellmapseg import layout
 from cellmapseg.atomic import atomic_path
-from cellmapseg.classes import CLASS_NAMES, INSTANCE_CLASSES
+from cellmapseg.classes import Ontology
 from cellmapseg.data import nifti, predictions
 from cellmapseg.data.inventory import CROP_COLUMNS, require_columns
 from cellmapseg.data.loading import mask_from_string
@@ -31,9 +41,10 @@ from cellmapseg.errors import InputError
 
 DPI = 110
 
-# One fixed colour per class, shared by every figure and model so that a colour means the same
-# class everywhere. Membrane/lumen pairs share a hue (dark membrane, light lumen); no greys, so
-# no class vanishes into the grey EM image.
+# One fixed colour per class of the spec's 14, shared by every figure and model so that a colour
+# means the same class everywhere. Membrane/lumen pairs share a hue (dark membrane, light lumen);
+# no greys, so no class vanishes into the grey EM image. Other classes get the free colours of
+# `class_colours`, in ontology order.
 CLASS_COLOURS: dict[str, str] = {
     "ecs": "#17becf", "pm": "#bcbd22",
     "mito_mem": "#ff7f0e", "mito_lum": "#ffbb78", "mito_ribo": "#8c564b",
@@ -43,12 +54,10 @@ CLASS_COLOURS: dict[str, str] = {
     "er_mem": "#1f77b4", "er_lum": "#aec7e8",
     "nuc": "#e377c2",
 }
-# Predictions are multi-label and overlap: paint large regions first and thin membranes and
-# small organelles last, so that a lumen never hides the membrane drawn around it.
-PAINT_ORDER: tuple[str, ...] = (
-    "ecs", "nuc", "mito_lum", "golgi_lum", "ves_lum", "endo_lum", "er_lum",
-    "pm", "mito_mem", "golgi_mem", "ves_mem", "endo_mem", "er_mem", "mito_ribo",
-)
+# The qualitative palettes without their greys: what classes outside CLASS_COLOURS draw from.
+PALETTE: tuple[str, ...] = tuple(
+    to_hex(c) for name in ("tab20", "tab20b", "tab20c") for c in colormaps[name].colors
+    if rgb_to_hsv(c[:3])[1] > 0.15)
 OVERLAY_ALPHA = 0.55
 NOT_ANNOTATED = "not annotated"
 NOT_SCORED = "(not annotated: not scored)"
@@ -57,6 +66,32 @@ NO_VALIDATION = "no validation yet"
 TRAIN_COLUMNS = ("epoch", "step", "train_loss", "lr")
 METRIC_COLOURS = {"IoU": "#1f77b4", "Dice": "#9ecae1", "F1": "#2ca02c",
                   "norm. Hausdorff": "#9467bd", "combined": "#ff7f0e"}
+
+
+def class_colours(names: Iterable[str]) -> dict[str, str]:
+    """A colour per class: CLASS_COLOURS' where it has one, else the next PALETTE colour no
+    class uses (those of no fixed class first), then spread hues. The same names in the same
+    order get the same colours (every figure of a model passes the ontology's atomic classes)."""
+    names = list(dict.fromkeys(names))
+    used = {CLASS_COLOURS[n] for n in names if n in CLASS_COLOURS}
+    fixed = set(CLASS_COLOURS.values())
+    # colours no fixed class owns first: a new class then looks like none of the spec's
+    free = ([c for c in PALETTE if c not in fixed]
+            + [c for c in PALETTE if c in fixed and c not in used])
+    out: dict[str, str] = {}
+    extra = 0
+    for name in names:
+        if name in CLASS_COLOURS:
+            out[name] = CLASS_COLOURS[name]
+            continue
+        if extra < len(free):
+            out[name] = free[extra]
+        else:  # golden-ratio hue steps: neighbours stay apart however many there are
+            k = extra - len(free)
+            out[name] = to_hex(colorsys.hsv_to_rgb((0.13 + 0.618034 * k) % 1.0,
+                                                   0.75 - 0.2 * (k % 2), 0.9 - 0.25 * (k % 3 == 2)))
+        extra += 1
+    return out
 
 
 def _save(fig: Figure, out: Path) -> None:
@@ -142,14 +177,16 @@ def _validation_panel(ax: Axes, m: pd.DataFrame) -> None:
         ax.text(0.5, 0.5, NO_VALIDATION, transform=ax.transAxes, ha="center", va="center",
                 fontsize=16, color="0.4")
         return
-    columns = {c: f"val_dice_{c}" for c in CLASS_NAMES if f"val_dice_{c}" in m.columns}
+    # one val_dice_{class} column per atomic class, in channel order (train.loop writes them)
+    columns = {c[len("val_dice_"):]: c for c in m.columns
+               if c.startswith("val_dice_") and c != "val_dice_mean"}
+    colours = class_colours(columns)
     # A class never annotated in the validation crops is NaN in every row: leave it out of the
     # plot (a line at 0 would read as "scored and failed") and name it in the title instead.
     drawn = [c for c, col in columns.items() if val[col].notna().any()]
     unseen = [c for c in columns if c not in drawn]
     for c in drawn:
-        ax.plot(val["epoch"], val[columns[c]], marker=".", lw=1.3, color=CLASS_COLOURS[c],
-                label=c)
+        ax.plot(val["epoch"], val[columns[c]], marker=".", lw=1.3, color=colours[c], label=c)
     ax.plot(val["epoch"], val["val_dice_mean"], marker="o", lw=3.5, color="black",
             label="mean (val_dice_mean)")
     best = val.loc[val["val_dice_mean"].idxmax()]
@@ -163,9 +200,12 @@ def _validation_panel(ax: Axes, m: pd.DataFrame) -> None:
                 bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85})
     title = "Validation Dice per class (thick black: mean; dotted: best epoch)"
     if unseen:
-        title += f"\nnot annotated in any validation crop, not drawn: {', '.join(unseen)}"
+        title += "\n" + textwrap.fill(
+            f"not annotated in any validation crop, not drawn: {', '.join(unseen)}", 130)
     ax.set_title(title, loc="left")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="class")
+    # a large ontology: more legend columns rather than entries running off the figure
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="class",
+              ncol=max(1, math.ceil((len(drawn) + 1) / 18)))
 
 
 # ---------------------------------------------------------------- challenge scores
@@ -196,25 +236,66 @@ def guard_note(entry: Mapping[str, Any]) -> str:
     return f"{skipped} of {crops} crops skipped by the challenge's guard (left out of the pool)"
 
 
-def scores_figure(summary: Mapping[str, Any], model: str) -> Figure:
-    where = str(layout.RESULTS.eval_summary(model))
+GROUP_COLOUR = "#08519c"
+GROUPS_NOTE = "below: groups\n(unions of atomic\nclasses, in blue)"
+
+
+@dataclass(frozen=True)
+class SummaryClasses:
+    """The classes a scores figure shows: every class the ontology predicts, atomic first."""
+
+    atomic: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]]
+    instance: frozenset[str]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.atomic, *self.groups)
+
+
+def summary_classes(summary: Mapping[str, Any], where: str) -> SummaryClasses:
+    """From eval_summary.json's `ontology`; a summary written before it was recorded: its
+    scored classes, as atomic classes of the kind each says."""
     classes = summary.get("classes")
     if not isinstance(classes, Mapping):
         raise InputError(f"{where}: key 'classes' missing")
-    unknown = [c for c in classes if c not in CLASS_NAMES]
+    onto = summary.get("ontology")
+    if onto is None:
+        instance = frozenset(n for n, e in classes.items()
+                             if isinstance(e, Mapping) and e.get("kind") == "instance")
+        return SummaryClasses(tuple(classes), {}, instance)
+    try:
+        return SummaryClasses(tuple(onto["atomic"]),
+                              {g: tuple(m) for g, m in onto.get("groups", {}).items()},
+                              frozenset(onto.get("instance", ())))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{where}: key 'ontology' is not an ontology summary ({exc})") from exc
+
+
+def scores_figure(summary: Mapping[str, Any], model: str) -> Figure:
+    where = str(layout.RESULTS.eval_summary(model))
+    k = summary_classes(summary, where)
+    classes = summary["classes"]
+    names = k.names
+    unknown = [c for c in classes if c not in names]
     if unknown:
-        raise InputError(f"{where}: unknown class {unknown[0]!r}")
-    fig = Figure(figsize=(11, 11), layout="constrained")
+        raise InputError(f"{where}: unknown class {unknown[0]!r} (not in its ontology)")
+    fig = Figure(figsize=(11, scores_height(len(names))), layout="constrained")
     ax = fig.subplots()
     all_skipped = []
-    for slot, name in enumerate(CLASS_NAMES):
+    for slot, name in enumerate(names):
         entry = classes.get(name)
         if entry is None:
             _unscored_slot(ax, slot)
         elif _score_slot(ax, slot, name, entry, where):
             all_skipped.append(name)
-    ax.set_yticks(range(len(CLASS_NAMES)), labels=[_slot_label(n, classes) for n in CLASS_NAMES])
-    ax.set_ylim(len(CLASS_NAMES) - 0.5, -0.5)  # channel order from the top
+    ax.set_yticks(range(len(names)), labels=[_slot_label(n, classes, k) for n in names])
+    for tick, name in zip(ax.get_yticklabels(), names, strict=True):
+        if name in k.groups:
+            tick.set(color=GROUP_COLOUR, fontstyle="italic")
+    if k.groups:  # the groups follow the atomic classes, under a rule of their own
+        ax.axhline(len(k.atomic) - 0.5, color=GROUP_COLOUR, lw=1.5, ls="--")
+    ax.set_ylim(len(names) - 0.5, -0.5)  # ontology order from the top
     ax.set_xlim(0, 1.3)  # room right of a full bar for its value label
     ax.set_xticks(np.linspace(0, 1, 6))
     ax.set_xlabel("score (0-1, higher is better; norm. Hausdorff = 1.01^(-d / |voxel|))")
@@ -222,6 +303,8 @@ def scores_figure(summary: Mapping[str, Any], model: str) -> Figure:
     handles = [Patch(color=c, label=k) for k, c in METRIC_COLOURS.items()]
     handles.append(Patch(facecolor="0.92", edgecolor="0.5", hatch="//",
                          label="not scored (not annotated)"))
+    if k.groups:
+        handles.append(Line2D([], [], color=GROUP_COLOUR, lw=1.5, ls="--", label=GROUPS_NOTE))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="metric")
     n_crops = summary.get("n_crops", len(summary.get("crops", [])))
     fig.suptitle(f"{model}: challenge scores on {n_crops} validation crops "
@@ -231,11 +314,18 @@ def scores_figure(summary: Mapping[str, Any], model: str) -> Figure:
     return fig
 
 
-def _slot_label(name: str, classes: Mapping[str, Any]) -> str:
+def scores_height(n_classes: int) -> float:
+    """Inches of the scores figure: 0.6 per class, at least 11."""
+    return max(11.0, 0.6 * n_classes)
+
+
+def _slot_label(name: str, classes: Mapping[str, Any], k: SummaryClasses) -> str:
     entry = classes.get(name)
+    head = f"{name} [group of {len(k.groups[name])}]" if name in k.groups else name
     if entry is None:
-        return f"{name}\n(0 crops)"
-    return f"{name}\n({entry.get('kind', '?')}, {entry.get('crops', '?')} crops)"
+        kind = "instance" if name in k.instance else "semantic"
+        return f"{head}\n({kind}, 0 crops)"
+    return f"{head}\n({entry.get('kind', '?')}, {entry.get('crops', '?')} crops)"
 
 
 def _unscored_slot(ax: Axes, slot: int) -> None:
@@ -264,13 +354,19 @@ def _score_slot(ax: Axes, slot: int, name: str, entry: Mapping[str, Any], where:
     return skipped_all
 
 
-def _totals_text(summary: Mapping[str, Any], all_skipped: Sequence[str]) -> str:
-    def num(key: str) -> str:
-        value = summary.get(key)
-        return "n/a" if value is None else f"{float(value):.3f}"
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
 
-    text = (f"overall {num('overall')} = sqrt(semantic mean IoU {num('semantic_mean_iou')} "
-            f"x instance mean combined {num('instance_mean_combined')})")
+
+def _totals_text(summary: Mapping[str, Any], all_skipped: Sequence[str]) -> str:
+    text = (f"overall {_num(summary.get('overall'))} = sqrt(semantic mean IoU "
+            f"{_num(summary.get('semantic_mean_iou'))} x instance mean combined "
+            f"{_num(summary.get('instance_mean_combined'))}) over the classes scored")
+    board = summary.get("leaderboard")
+    if isinstance(board, Mapping):
+        text += "\n" + textwrap.fill(
+            f"leaderboard {_num(board.get('overall'))} over the challenge's "
+            f"{board.get('n_tested', '?')} tested classes: {board.get('line', '')}", 110)
     if all_skipped:
         text += (f"\nWARNING: {', '.join(all_skipped)} scored 1.0 only because the guard "
                  f"skipped all its crops: instance mean and overall are not informative")
@@ -281,15 +377,65 @@ def _totals_text(summary: Mapping[str, Any], all_skipped: Sequence[str]) -> str:
 
 
 def plot_examples(store_path: Path, inventory: pd.DataFrame, model: str, out: Path,
-                  n_crops: int = 3) -> list[str]:
+                  n_crops: int = 3, labels: Mapping[str, int] | None = None) -> list[str]:
     """Image / truth / prediction on one slice of the first n_crops validation crops."""
-    fig, shown = examples_figure(store_path, inventory, model, n_crops)
+    fig, shown = examples_figure(store_path, inventory, model, n_crops, labels)
     _save(fig, out)
     return shown
 
 
+def config_labels(path: Path) -> dict[str, int] | None:
+    """{atomic class: label value} of a resolved config (e.g. the training's, beside its
+    metrics.csv); None when the file is absent or holds no readable `classes.atomic`."""
+    try:
+        atomic = (yaml.safe_load(Path(path).read_text()) or {})["classes"]["atomic"]
+        return {str(e["name"]): int(e["label"]) for e in atomic}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def store_ontology(store: zarr.Group, path: Path,
+                   labels: Mapping[str, int] | None = None) -> tuple[Ontology, bool]:
+    """The ontology the predictions were made with (the store's root attribute `classes`), and
+    whether the label values are known: `labels` ({atomic class: label value}, e.g. from the
+    training's config) gives them; without it the spec's convention (channel + 1) is assumed."""
+    summary = store.attrs.get("classes")
+    if not isinstance(summary, Mapping) or not isinstance(summary.get("atomic"), list):
+        raise InputError(f"{path}: root attribute 'classes' missing (the ontology the "
+                         "predictions were made with; written by predict)")
+    atomic = tuple(str(n) for n in summary["atomic"])
+    known = labels is not None and all(n in labels for n in atomic)
+    values = (tuple(int(labels[n]) for n in atomic) if known and labels is not None
+              else tuple(range(1, len(atomic) + 1)))
+    groups = tuple((str(g), tuple(m)) for g, m in dict(summary.get("groups", {})).items())
+    onto = Ontology(atomic=atomic, labels=values, groups=groups,
+                    instance=frozenset(summary.get("instance", ())),
+                    tested=tuple(summary.get("tested", ())), frequency=(0.5,) * len(atomic))
+    return onto, known
+
+
+@dataclass(frozen=True)
+class CropSlice:
+    """What one row of the examples figure shows of a crop: one slice of everything."""
+
+    row: pd.Series
+    z: int
+    depth: int
+    image: np.ndarray
+    truth: np.ndarray  # label values
+    preds: dict[str, np.ndarray]  # every class of the ontology
+    annotated: tuple[str, ...]  # the classes annotated in the crop (ontology.annotated)
+    voxel: Sequence[float] | None
+
+    def shown(self, ontology: Ontology) -> list[str]:
+        """The classes the table lists: annotated here, or predicted on this slice."""
+        return [n for n in ontology.names
+                if n in self.annotated or np.count_nonzero(self.preds[n])]
+
+
 def examples_figure(store_path: Path, inventory: pd.DataFrame, model: str,
-                    n_crops: int = 3) -> tuple[Figure, list[str]]:
+                    n_crops: int = 3, labels: Mapping[str, int] | None = None
+                    ) -> tuple[Figure, list[str]]:
     require_columns(inventory, CROP_COLUMNS, "inventory")
     rows = inventory[inventory["split"] == "validation"].head(max(n_crops, 0))
     if rows.empty:
@@ -297,12 +443,20 @@ def examples_figure(store_path: Path, inventory: pd.DataFrame, model: str,
         fig.text(0.5, 0.5, f"{model}: no validation crops in the inventory", ha="center")
         return fig, []
     store = predictions.open_store(Path(store_path))
-    fig = Figure(figsize=(22, 5.6 * len(rows)), layout="compressed")
-    fig.suptitle(f"{model}: example slices of validation crops (ground truth vs prediction)",
-                 fontsize=14, fontweight="bold")
-    subfigs = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
-    for sub, (_, row) in zip(subfigs, rows.iterrows(), strict=True):
-        _crop_row(sub, store, Path(store_path), row)
+    ontology, known = store_ontology(store, Path(store_path), labels)
+    colours = class_colours(ontology.atomic)
+    slices = [_read_slice(store, Path(store_path), row, ontology) for _, row in rows.iterrows()]
+    # a row per listed class in each crop's table: a large ontology gets taller rows
+    heights = [max(5.6, 2.2 + 0.24 * (len(s.shown(ontology)) + 2)) for s in slices]
+    fig = Figure(figsize=(22, sum(heights) + 0.6), layout="compressed")
+    title = f"{model}: example slices of validation crops (ground truth vs prediction)"
+    if not known:
+        title += "\n(truth colours assume label value = channel + 1: the label values of " \
+                 "the classes were not given)"
+    fig.suptitle(title, fontsize=14, fontweight="bold")
+    subfigs = fig.subfigures(len(rows), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for sub, crop in zip(subfigs, slices, strict=True):
+        _crop_row(sub, crop, ontology, colours)
     return fig, [str(c) for c in rows["crop"]]
 
 
@@ -313,7 +467,7 @@ def _best_slice(label: np.ndarray) -> int:
 
 def _pick_slice(counts: np.ndarray) -> int:
     """Index along axis 0 showing the most annotated classes, then the most foreground, from
-    the (slices, label values) voxel counts.
+    the (slices, label values) voxel counts (column 0: background).
 
     Foreground alone picks slices filled by one large class (ecs covers whole slices of the
     synthetic crops), which say little; the class count comes first for that reason.
@@ -323,61 +477,75 @@ def _pick_slice(counts: np.ndarray) -> int:
     return int(np.lexsort((-foreground, -classes))[0])  # last key sorts first
 
 
-def _crop_row(sub: SubFigure, store: zarr.Group, path: Path, row: pd.Series) -> None:
+def _read_slice(store: zarr.Group, path: Path, row: pd.Series, ontology: Ontology) -> CropSlice:
     shape = (int(row["d"]), int(row["h"]), int(row["w"]))
     arrays = predictions.crop_arrays(store, path, str(row["crop_id"]), str(row["crop"]),
-                                     shape, CLASS_NAMES)
+                                     shape, ontology.names)
     # Streamed, one slice at a time: counts per slice to choose it, then the slice itself.
     for key in ("label", "image"):
         header = nifti.read_header(row[key])  # one line for a missing or damaged file
         if header.shape3d != shape:
             raise InputError(f"{row[key]}: {key} shape {header.shape} != inventory shape "
                              f"{shape}")
-    z = _pick_slice(nifti.axis0_counts(row["label"], 256))
-    truth = nifti.axis0_slice(row["label"], z).astype(np.uint8)
-    image = nifti.axis0_slice(row["image"], z).astype(np.float32)
-    preds = {name: np.asarray(arr[z]) for name, arr in arrays.items()}  # reads only slice z
+    counts = nifti.axis0_counts(row["label"], 256)
+    z = _pick_slice(counts[:, [0, *ontology.labels]])  # the ontology's label values only
     text = row["annotated_classes"]
-    annotated = mask_from_string(text if isinstance(text, str) else "",
-                                 f"crop {row['crop']}: annotated_classes") > 0
-    voxel = arrays[CLASS_NAMES[0]].attrs.get("voxel_size")
-    size = f", voxel {' x '.join(f'{v:g}' for v in voxel)} nm" if voxel else ""
-    sub.suptitle(f"{row['crop']} ({row['crop_id']}): slice {z} of {shape[0]} along axis 0 "
-                 f"(most annotated classes, then foreground: {np.count_nonzero(truth)} px)"
-                 f"{size}", fontsize=12, fontweight="bold")
+    channels = np.flatnonzero(mask_from_string(
+        text if isinstance(text, str) else "", f"crop {row['crop']}: annotated_classes",
+        ontology.num_channels))
+    return CropSlice(
+        row=row, z=z, depth=shape[0],
+        image=nifti.axis0_slice(row["image"], z).astype(np.float32),
+        truth=nifti.axis0_slice(row["label"], z).astype(np.uint8),
+        preds={name: np.asarray(arr[z]) for name, arr in arrays.items()},  # only slice z
+        annotated=ontology.annotated(int(c) for c in channels),
+        voxel=arrays[ontology.names[0]].attrs.get("voxel_size"))
+
+
+def _crop_row(sub: SubFigure, crop: CropSlice, ontology: Ontology,
+              colours: Mapping[str, str]) -> None:
+    row, truth = crop.row, crop.truth
+    size = f", voxel {' x '.join(f'{v:g}' for v in crop.voxel)} nm" if crop.voxel else ""
+    known = np.isin(truth, ontology.labels)
+    sub.suptitle(f"{row['crop']} ({row['crop_id']}): slice {crop.z} of {crop.depth} along "
+                 f"axis 0 (most annotated classes, then foreground: {np.count_nonzero(known)} "
+                 f"px){size}", fontsize=12, fontweight="bold")
     # The prediction is split in two panels: classes annotated here (scored, to compare with
     # the truth) and classes not annotated here (not scored); mixed together, a model that
     # predicts every class everywhere buries the scored prediction under unscored ones.
     ax_img, ax_gt, ax_pred, ax_un, ax_tab = sub.subplots(
         1, 5, width_ratios=[1, 1, 1, 1, 1.25])
-    lo, hi = np.percentile(image, (0.5, 99.5))
+    lo, hi = np.percentile(crop.image, (0.5, 99.5))
     for ax in (ax_img, ax_gt, ax_pred, ax_un):
-        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.imshow(crop.image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_xlabel("axis 2 (voxels)")
         ax.set_ylabel("axis 1 (voxels)")
     ax_img.set_title("EM image")
-    ax_gt.imshow(_truth_rgba(truth), interpolation="nearest")
-    names = np.array(CLASS_NAMES)
-    ax_gt.set_title(f"ground truth: {int(annotated.sum())} annotated classes\n"
-                    f"{int((~annotated).sum())} {NOT_ANNOTATED}: unknown, not empty (see table)",
-                    fontsize=10)
-    _draw_prediction(ax_pred, preds, names[annotated])
+    ax_gt.imshow(_truth_rgba(truth, ontology, colours), interpolation="nearest")
+    n_annotated = sum(1 for n in ontology.atomic if n in crop.annotated)
+    ax_gt.set_title(f"ground truth: {n_annotated} annotated classes\n"
+                    f"{ontology.num_channels - n_annotated} {NOT_ANNOTATED}: unknown, not empty "
+                    "(see table)", fontsize=10)
+    scored = [n for n in ontology.names if n in crop.annotated]
+    unscored = [n for n in ontology.names if n not in crop.annotated]
+    _draw_prediction(ax_pred, crop.preds, ontology, colours, scored)
     ax_pred.set_title("prediction of the annotated classes\n(scored)", fontsize=10)
-    _draw_prediction(ax_un, preds, names[~annotated])
+    _draw_prediction(ax_un, crop.preds, ontology, colours, unscored)
     ax_un.set_title(f"prediction of the classes {NOT_ANNOTATED} here\n"
                     f"{NOT_SCORED}", fontsize=10, color="0.35")
     for spine in ax_un.spines.values():  # dashed grey frame: this panel is not scored
         spine.set(linestyle="--", edgecolor="0.5", linewidth=2)
-    if annotated.all():
+    if not unscored:
         ax_un.text(0.5, 0.5, "every class is annotated in this crop", ha="center",
                    va="center", transform=ax_un.transAxes, bbox={"fc": "white"})
-    _class_table(ax_tab, truth, preds, annotated)
+    _class_table(ax_tab, crop, ontology, colours)
 
 
-def _truth_rgba(truth: np.ndarray) -> np.ndarray:
-    lut = np.zeros((256, 4), np.float32)  # value v (class v-1) -> colour; 0 stays transparent
-    for c, name in enumerate(CLASS_NAMES):
-        lut[c + 1] = to_rgba(CLASS_COLOURS[name], OVERLAY_ALPHA)
+def _truth_rgba(truth: np.ndarray, ontology: Ontology, colours: Mapping[str, str]
+                ) -> np.ndarray:
+    lut = np.zeros((256, 4), np.float32)  # label value -> its class's colour; others clear
+    for name, value in zip(ontology.atomic, ontology.labels, strict=True):
+        lut[value] = to_rgba(colours[name], OVERLAY_ALPHA)
     return lut[truth]
 
 
@@ -391,49 +559,77 @@ def _instance_edges(ids: np.ndarray) -> np.ndarray:
     return edge & (ids > 0)
 
 
-def _draw_prediction(ax: Axes, preds: Mapping[str, np.ndarray], classes: Sequence[str]) -> None:
-    """Overlay the predicted masks of `classes`; instances get dark outlines."""
+def _draw_prediction(ax: Axes, preds: Mapping[str, np.ndarray], ontology: Ontology,
+                     colours: Mapping[str, str], classes: Sequence[str]) -> None:
+    """Overlay the predicted masks of the atomic classes among `classes` (a group is their
+    union, so it adds no colour); the instances of every instance class among them, atomic or
+    group, get dark outlines."""
     rgba = np.zeros((*next(iter(preds.values())).shape, 4), np.float32)
-    for name in (n for n in PAINT_ORDER if n in classes):
-        rgba[preds[name] > 0] = to_rgba(CLASS_COLOURS[name], OVERLAY_ALPHA)
-        if name in INSTANCE_CLASSES:
+    atomic = [n for n in ontology.atomic if n in classes]
+    # Predictions are multi-label and overlap: paint large regions first and thin membranes
+    # and small organelles last, so that a lumen never hides the membrane drawn around it.
+    for name in sorted(atomic, key=lambda n: -np.count_nonzero(preds[n])):
+        rgba[preds[name] > 0] = to_rgba(colours[name], OVERLAY_ALPHA)
+    for name in classes:
+        if ontology.is_instance(name):
             rgba[_instance_edges(preds[name])] = to_rgba("black", 0.9)
     ax.imshow(rgba, interpolation="nearest")
 
 
-def _class_table(ax: Axes, truth: np.ndarray, preds: Mapping[str, np.ndarray],
-                 annotated: np.ndarray) -> None:
-    """Per class: colour swatch, truth status and pixels on this slice, predicted pixels."""
+def _swatch(ax: Axes, y: float, name: str, ontology: Ontology, colours: Mapping[str, str],
+            annotated: bool) -> None:
+    """An atomic class's colour; a group's: its members' colours side by side."""
+    members = [ontology.atomic[c] for c in ontology.members(name)]
+    width = 0.07 / len(members)
+    for i, member in enumerate(members):
+        x = i * width
+        if annotated:
+            patch = Rectangle((x, y - 0.35), width, 0.7, facecolor=colours[member],
+                              edgecolor="none")
+        else:
+            patch = Rectangle((x, y - 0.35), width, 0.7, facecolor="0.9",
+                              edgecolor=colours[member], hatch="////", lw=1.0)
+        ax.add_patch(patch)
+    ax.add_patch(Rectangle((0.0, y - 0.35), 0.07, 0.7, fill=False, edgecolor="black",
+                           lw=1.2 if ontology.is_group(name) else 0.5))
+
+
+def _class_table(ax: Axes, crop: CropSlice, ontology: Ontology,
+                 colours: Mapping[str, str]) -> None:
+    """Per class annotated in the crop or predicted on the slice: colour swatch, truth status
+    and pixels on this slice, predicted pixels; the other classes in one line below."""
     ax.set_axis_off()
     ax.set_xlim(0, 1)
-    ax.set_ylim(len(CLASS_NAMES) + 1.5, -0.5)
+    shown = crop.shown(ontology)
+    hidden = [n for n in ontology.names if n not in shown]
+    ax.set_ylim(len(shown) + 2.5, -0.5)
     for x, head in ((0.09, "class"), (0.34, "ground truth (slice)"), (0.68, "prediction (slice)")):
         ax.text(x, 0, head, fontsize=9, fontweight="bold", va="center")
-    for c, name in enumerate(CLASS_NAMES):
-        y = c + 1
-        pred = preds[name]
+    for y, name in enumerate(shown, start=1):
+        pred = crop.preds[name]
         n_pred = int(np.count_nonzero(pred))
         pred_text = f"{n_pred} px"
-        if name in INSTANCE_CLASSES:
+        if ontology.is_instance(name):
             pred_text += f", {len(np.unique(pred[pred > 0]))} inst."
-        if annotated[c]:
-            swatch = Rectangle((0.0, y - 0.35), 0.07, 0.7, facecolor=CLASS_COLOURS[name],
-                               edgecolor="black", lw=0.5)
-            ax.text(0.09, y, name, fontsize=9, va="center")
-            ax.text(0.34, y, f"annotated: {np.count_nonzero(truth == c + 1)} px", fontsize=8.5,
-                    va="center")
+        annotated = name in crop.annotated
+        label = f"{name} (group)" if ontology.is_group(name) else name
+        _swatch(ax, y, name, ontology, colours, annotated)
+        if annotated:
+            n_true = np.count_nonzero(np.isin(crop.truth, ontology.label_values(name)))
+            ax.text(0.09, y, label, fontsize=9, va="center")
+            ax.text(0.34, y, f"annotated: {n_true} px", fontsize=8.5, va="center")
         else:
-            swatch = Rectangle((0.0, y - 0.35), 0.07, 0.7, facecolor="0.9",
-                               edgecolor=CLASS_COLOURS[name], hatch="////", lw=1.0)
-            ax.text(0.09, y, name, fontsize=9, va="center", color="0.45", style="italic")
+            ax.text(0.09, y, label, fontsize=9, va="center", color="0.45", style="italic")
             ax.text(0.34, y, NOT_ANNOTATED.upper(), fontsize=8.5, va="center", color="0.45",
                     fontweight="bold")
             if n_pred:
                 pred_text += f"\n{NOT_SCORED}"
-        ax.add_patch(swatch)
         ax.text(0.68, y, pred_text, fontsize=8, va="center",
-                color="black" if annotated[c] else "0.35")
-    ax.text(0.0, len(CLASS_NAMES) + 1.1,
-            f"{NOT_ANNOTATED.upper()}: the class was not labelled in this crop, so its truth is\n"
-            "unknown (not empty) and its prediction is not scored.",
-            fontsize=8, va="center", color="0.3")
+                color="black" if annotated else "0.35")
+    note = (f"{NOT_ANNOTATED.upper()}: the class was not labelled in this crop, so its truth is\n"
+            "unknown (not empty) and its prediction is not scored.")
+    if hidden:
+        names = ", ".join(hidden) if len(hidden) <= 12 else f"{', '.join(hidden[:12])}, ..."
+        note += (f"\nNot listed: {len(hidden)} classes {NOT_ANNOTATED} here and not predicted "
+                 "on this slice:\n" + textwrap.fill(names, 80))
+    ax.text(0.0, len(shown) + 1.0, note, fontsize=8, va="top", color="0.3")
