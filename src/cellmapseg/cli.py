@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare", help="the comparison table and figure of all models "
                                        "(missing ones marked)")
     s.add_argument("--results", type=Path, default=RESULTS.root)
+    s = sub.add_parser("submit", help="pack a model's test-crop predictions as the challenge's "
+                                      "submission zip, checked against the test manifest")
+    s.add_argument("--model", required=True)
+    s.add_argument("--manifest", type=Path, required=True,
+                   help="test crop manifest (the challenge's test_crop_manifest.csv format)")
+    s.add_argument("--predictions", type=Path, default=None,
+                   help=f"default: {RESULTS.predictions('{model}')}")
+    s.add_argument("--out", type=Path, default=None,
+                   help=f"default: {RESULTS.submission('{model}')}")
+    s = sub.add_parser("check-submission", help="compare a submission zip with a test manifest")
+    s.add_argument("zip", type=Path)
+    s.add_argument("--manifest", type=Path, required=True)
     return p
 
 
@@ -92,6 +104,11 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
             args.inventory, r.model_report(model)),
         "report-probe": lambda: stages.report_probe(r.memory, r.caching, r.probe_report),
         "compare": lambda: _compare(cfg, Results(args.results)),
+        "submit": lambda: stages.submit(
+            cfg, args.predictions or r.predictions(model), args.manifest,
+            args.out or r.submission(model),
+            (args.out or r.submission(model)).with_suffix(".json")),
+        "check-submission": lambda: stages.check_submission(args.zip, args.manifest),
     }
     runs[args.stage]()
 

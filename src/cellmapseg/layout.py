@@ -124,6 +124,10 @@ class Results:
     def eval_summary(self, model: str) -> Path:
         return self.root / model / "eval_summary.json"
 
+    def submission(self, model: str) -> Path:
+        """The model's challenge submission (submission.json beside it: packing and check)."""
+        return self.root / model / "submission" / "submission.zip"
+
     def model_report(self, model: str) -> dict[str, Path]:
         return {key: self.root / model / "report" / name for key, name in MODEL_FIGURES.items()}
 

@@ -225,3 +225,35 @@ def compare(cfg: Config, train_summaries: Sequence[Path], eval_summaries: Sequen
     frame = write_comparison(files, out)
     log.info("comparison of %d models (%d missing) in %s", len(frame),
              int((frame["status"] != "ok").sum()), Path(out["csv"]).parent)
+
+
+def submit(cfg: Config, predictions: Path, manifest: Path, out_zip: Path, out_json: Path) -> None:
+    """The challenge submission of a model's test-crop predictions (`out_zip`), each array at
+    its manifest row's grid by the official rules, checked against the manifest before it is
+    kept; the packing summary and the check's result in `out_json`."""
+    from cellmapseg.atomic import write_json
+    from cellmapseg.data.manifest import read_manifest
+    from cellmapseg.submit.check import check
+    from cellmapseg.submit.pack import pack
+
+    rows = read_manifest(manifest)
+    summary = pack(predictions, rows, cfg.classes, out_zip)
+    problems, missing = check(out_zip, rows)
+    if problems:
+        Path(out_zip).unlink(missing_ok=True)
+        raise InputError("\n".join(problems))
+    write_json(out_json, {**summary, "manifest": str(manifest), "check": "passed",
+                          "not_submitted": missing})
+    log.info("submission %s: %s", out_zip, summary["line"])
+
+
+def check_submission(zip_path: Path, manifest: Path) -> None:
+    """Compare a submission zip with a test manifest; InputError naming every mismatch."""
+    from cellmapseg.data.manifest import read_manifest
+    from cellmapseg.submit.check import check
+
+    problems, missing = check(zip_path, read_manifest(manifest))
+    if problems:
+        raise InputError("\n".join(problems))
+    log.info("%s: every array matches %s (%d manifest arrays not submitted)", zip_path,
+             manifest, len(missing))
