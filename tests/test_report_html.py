@@ -76,6 +76,14 @@ def test_all_prints_the_comparison_table(embedded_dag):
     assert "# Model comparison" in out and "HTML report:" in out
     table = pd.read_csv(embedded_dag.workdir / "results" / "comparison.csv")
     assert list(table["model"]) == list(MODELS) and set(table["status"]) == {"ok"}
+    # the leaderboard's view beside the scores over the classes scored, from each summary
+    for model, row in table.set_index("model").iterrows():
+        summary = json.loads(
+            (embedded_dag.workdir / "results" / model / "eval_summary.json").read_text())
+        board = summary["leaderboard"]
+        assert row["leaderboard_overall"] == pytest.approx(board["overall"])
+        assert (row["tested_covered"], row["n_tested"]) == (board["covered"], board["n_tested"])
+    assert "Leaderboard" in out and "tested classes" in out  # the coverage sentence, printed
 
 
 @pytest.mark.slow
