@@ -79,9 +79,10 @@ def test_the_schema_default_datalist_lies_in_the_layout_synthetic_folder():
     assert Path(default) == layout.RESULTS.synthetic_dir / "datalist.json"
 
 
-def test_only_the_predictions_module_opens_zarr_stores():
+def test_each_zarr_store_contract_has_one_opening_module():
+    # the predictions store, and the challenge submission store
     owners = [p for p in sources() if re.search(r"zarr\.open", p.read_text())]
-    assert owners == [SRC / "data" / "predictions.py"]
+    assert owners == [SRC / "data" / "predictions.py", SRC / "submit" / "store.py"]
 
 
 def test_only_the_inventory_module_lists_inventory_columns():

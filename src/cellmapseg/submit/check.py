@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.storage import ZipStore
 
 from cellmapseg.data.manifest import ManifestRow
+from cellmapseg.submit.store import open_zip
 
 RTOL = 1e-6
 
@@ -59,9 +59,8 @@ def check(zip_path: Path, rows: Sequence[ManifestRow]) -> tuple[list[str], list[
         return [f"{zip_path}: not a zip file"], []
     with zipfile.ZipFile(zip_path) as zf:
         problems = _member_problems(zf, zip_path)
-    store = ZipStore(zip_path, mode="r")
+    root, store = open_zip(zip_path)
     try:
-        root = zarr.open_group(store, mode="r", zarr_format=2)
         for row in rows:
             problem = _array_problem(root, row)
             if problem:

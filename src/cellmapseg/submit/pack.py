@@ -33,6 +33,7 @@ from cellmapseg.data.manifest import ManifestRow, by_crop
 from cellmapseg.data.predictions import open_store
 from cellmapseg.data.resample import match_crop_space
 from cellmapseg.errors import InputError
+from cellmapseg.submit import store as submission_store
 
 CHUNK = 64
 SLAB_VOXELS = 16 * 2 ** 20  # voxels copied into the store at a time
@@ -94,7 +95,7 @@ def pack(predictions: Path, rows: Sequence[ManifestRow], ontology: Ontology, out
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".submission.", dir=parent) as tmp:
         zarr_dir = Path(tmp) / "submission.zarr"
-        root = zarr.open_group(str(zarr_dir), mode="w", zarr_format=2)
+        root = submission_store.create(zarr_dir)
         for crop_id, crop_rows in crops.items():
             root.require_group(crop_id)
             for row in crop_rows:
