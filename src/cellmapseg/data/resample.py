@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from skimage.transform import rescale
 
-from cellmapseg.blockwise import ScratchArray
+from cellmapseg.blockwise import ScratchArray, slices, spans
 from cellmapseg.data.manifest import Grid
 from cellmapseg.errors import InputError
 
@@ -60,25 +60,17 @@ def _rescaled_in_cubes(source: Any, factors: Sequence[float], instance: bool,
     shape = tuple(max(1, int(np.round(s * f))) for s, f in zip(source.shape, factors,
                                                                 strict=True))
     out = ScratchArray(scratch, shape, source.dtype if instance else np.bool_)
-    starts = [range(0, n, CUBE) for n in source.shape]
-    for z in starts[0]:
-        for y in starts[1]:
-            for x in starts[2]:
-                lo = (z, y, x)
-                hi = tuple(min(a + CUBE, n) for a, n in zip(lo, source.shape, strict=True))
-                cube = np.asarray(source[tuple(slice(a, b) for a, b in zip(lo, hi,
-                                                                            strict=True))])
-                small = _rescaled_cube(cube, factors, instance)
-                if not instance:  # the official output is float32, thresholded last; each
-                    # write thresholded after the same cast gives the same voxels
-                    small = small.astype(np.float32) > SEMANTIC_THRESHOLD
-                at = [int(a * f) for a, f in zip(lo, factors, strict=True)]
-                size = [max(0, min(a + s, n) - a) for a, s, n in zip(at, small.shape, shape,
-                                                                     strict=True)]
-                if 0 in size:
-                    continue
-                out[tuple(slice(a, a + s) for a, s in zip(at, size, strict=True))] = \
-                    small[tuple(slice(0, s) for s in size)]
+    for core in spans(source.shape, (CUBE,) * 3):  # C order: z, y, x, as the official loop
+        small = _rescaled_cube(np.asarray(source[slices(core)]), factors, instance)
+        if not instance:  # the official output is float32, thresholded last; each write
+            # thresholded after the same cast gives the same voxels
+            small = small.astype(np.float32) > SEMANTIC_THRESHOLD
+        at = [int(a * f) for (a, _), f in zip(core, factors, strict=True)]
+        size = [max(0, min(a + s, n) - a) for a, s, n in zip(at, small.shape, shape, strict=True)]
+        if 0 in size:
+            continue
+        out[tuple(slice(a, a + s) for a, s in zip(at, size, strict=True))] = \
+            small[tuple(slice(0, s) for s in size)]
     return out
 
 
@@ -108,10 +100,6 @@ def placement(image_shape: Sequence[int], rel: Sequence[int], target_shape: Sequ
     return tuple(src), tuple(dst)
 
 
-def _slabs(length: int, row_bytes: int) -> range:
-    return range(0, length, max(1, SLAB_BYTES // max(1, row_bytes)))
-
-
 def _placed(image: Any, rel: np.ndarray, target: Grid, scratch: Path) -> Any:
     if not np.any(rel) and tuple(image.shape) == tuple(target.shape):
         return image
@@ -125,10 +113,9 @@ def _placed(image: Any, rel: np.ndarray, target: Grid, scratch: Path) -> Any:
     src, dst = where
     depth = src[0].stop - src[0].start
     row = (src[1].stop - src[1].start) * (src[2].stop - src[2].start) * image.dtype.itemsize
-    for k in _slabs(depth, row):
-        n = min(k + SLAB_BYTES // max(1, row), depth) - k
-        out[(slice(dst[0].start + k, dst[0].start + k + n), *dst[1:])] = \
-            np.asarray(image[(slice(src[0].start + k, src[0].start + k + n), *src[1:])])
+    for (k, end), in spans((depth,), (max(1, SLAB_BYTES // max(1, row)),)):  # z slabs
+        out[(slice(dst[0].start + k, dst[0].start + end), *dst[1:])] = \
+            np.asarray(image[(slice(src[0].start + k, src[0].start + end), *src[1:])])
     return out
 
 
