@@ -80,9 +80,19 @@ def test_the_schema_default_datalist_lies_in_the_layout_synthetic_folder():
 
 
 def test_each_zarr_store_contract_has_one_opening_module():
-    # the predictions store, and the challenge submission store
+    # the predictions store, the challenge's data (read by one module, written only by the
+    # synthetic generator) and the submission store
     owners = [p for p in sources() if re.search(r"zarr\.open", p.read_text())]
-    assert owners == [SRC / "data" / "predictions.py", SRC / "submit" / "store.py"]
+    assert owners == [SRC / "data" / "predictions.py", SRC / "data" / "zarr_crops.py",
+                      SRC / "submit" / "store.py", SRC / "synthetic" / "zarr_layout.py"]
+
+
+def test_the_challenge_zarr_paths_are_spelled_only_by_challenge_layout():
+    for path in sources():
+        if path == SRC / "challenge_layout.py":
+            continue
+        spelled = [s for s in code_strings(path) if "recon-1" in s]
+        assert not spelled, (path.relative_to(ROOT), spelled)
 
 
 def test_only_the_inventory_module_lists_inventory_columns():

@@ -36,6 +36,25 @@ class SyntheticConfig:
     shape_jitter: float
     large_shape: tuple[int, int, int]
     small_shape: tuple[int, int, int]
+    layout: str  # "nifti" or "zarr"
+
+    @property
+    def zarr(self) -> bool:
+        return self.enabled and self.layout == "zarr"
+
+
+@dataclass(frozen=True)
+class ZarrConfig:
+    """The challenge's Zarr data: a data root and crop manifests (the Zarr route)."""
+
+    root: str | None
+    train_manifest: str | None
+    test_manifest: str | None
+    validation_crops: tuple[int | str, ...]
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,14 @@ class DataConfig:
     spacing_nm: tuple[float, float, float]
     spacing_tolerance: float
     pad_image: str | float
+    strict_annotations: bool
+    zarr: ZarrConfig
     synthetic: SyntheticConfig
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    model: str | None
 
 
 @dataclass(frozen=True)
@@ -153,7 +179,18 @@ class Config:
     caching: CachingConfig
     train: TrainConfig
     inference: InferenceConfig
+    submission: SubmissionConfig
     models: dict[str, ModelConfig]
+
+    @property
+    def submission_model(self) -> str:
+        """The model whose test-crop predictions are submitted."""
+        if self.submission.model is not None:
+            self.model(self.submission.model)  # a known model, or one line naming the key
+            return self.submission.model
+        if not self.models:
+            raise ConfigError("config: key 'submission.model': no models are configured")
+        return next(iter(self.models))
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:
@@ -279,7 +316,24 @@ def _build(cls: type, value: Any) -> Any:
 def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, validate(raw))
     _check_lengths(cfg)
+    _check_route(cfg.data)
     return cfg
+
+
+def _check_route(data: DataConfig) -> None:
+    """The Zarr route needs its root and train manifest together; the embedded dataset is
+    written in the layout its route reads."""
+    z, syn = data.zarr, data.synthetic
+    if z.enabled and z.train_manifest is None:
+        raise ConfigError("config: key 'data.zarr.train_manifest' is required with data.zarr.root")
+    if not z.enabled and (z.train_manifest or z.test_manifest):
+        raise ConfigError("config: key 'data.zarr.root' is required with a data.zarr manifest")
+    if syn.zarr and not (z.enabled and z.test_manifest):
+        raise ConfigError("config: key 'data.synthetic.layout' is zarr: set data.zarr.root, "
+                          "train_manifest and test_manifest (where the dataset is written)")
+    if syn.enabled and syn.layout == "nifti" and z.enabled:
+        raise ConfigError("config: key 'data.zarr.root' is set but data.synthetic writes NIfTI; "
+                          "set data.synthetic.layout to zarr or data.synthetic.enabled to false")
 
 
 def _check_lengths(cfg: Config) -> None:
