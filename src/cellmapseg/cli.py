@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synthetic", help="generate the embedded CellMap-like dataset")
     s.add_argument("--out-dir", type=Path, default=RESULTS.synthetic_dir)
+    s = sub.add_parser("convert", help="the challenge's Zarr crops of a train manifest as NIfTI "
+                                       "crops and a datalist (at data.spacing_nm)")
+    s.add_argument("--root", type=Path, default=None,
+                   help="folder holding <dataset>/<dataset>.zarr (default: data.zarr.root)")
+    s.add_argument("--manifest", type=Path, default=None,
+                   help="train crop manifest CSV (default: data.zarr.train_manifest)")
+    s.add_argument("--datalist", type=Path, default=None,
+                   help="datalist to write; crops go beside it (default: data.datalist)")
     s = sub.add_parser("inventory", help="validate the datalist and write the crop inventory")
     s.add_argument("--out", type=Path, default=RESULTS.inventory)
     s.add_argument("--workers", type=int, default=None,
@@ -55,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="crop names or ids (default: validation)")
     s.add_argument("--out", type=Path, default=None,
                    help=f"default: {RESULTS.predictions('{model}')}")
+    s = sub.add_parser("predict-test", help="predict the crops of a test manifest from their "
+                                            "datasets' EM with a model's best checkpoint")
+    s.add_argument("--model", default=None, help="default: submission.model")
+    s.add_argument("--root", type=Path, default=None, help="default: data.zarr.root")
+    s.add_argument("--manifest", type=Path, default=None,
+                   help="test crop manifest (default: data.zarr.test_manifest)")
+    s.add_argument("--out", type=Path, default=None,
+                   help=f"default: {RESULTS.test_predictions('{model}')}")
     s = sub.add_parser("evaluate", help="score predictions with the challenge's metrics")
     s.add_argument("--model", required=True)
     s.add_argument("--inventory", type=Path, default=RESULTS.inventory)
@@ -68,24 +84,46 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--results", type=Path, default=RESULTS.root)
     s = sub.add_parser("submit", help="pack a model's test-crop predictions as the challenge's "
                                       "submission zip, checked against the test manifest")
-    s.add_argument("--model", required=True)
-    s.add_argument("--manifest", type=Path, required=True,
-                   help="test crop manifest (the challenge's test_crop_manifest.csv format)")
+    s.add_argument("--model", default=None, help="default: submission.model")
+    s.add_argument("--manifest", type=Path, default=None,
+                   help="test crop manifest (the challenge's test_crop_manifest.csv format; "
+                        "default: data.zarr.test_manifest)")
     s.add_argument("--predictions", type=Path, default=None,
-                   help=f"default: {RESULTS.predictions('{model}')}")
-    s.add_argument("--out", type=Path, default=None,
-                   help=f"default: {RESULTS.submission('{model}')}")
+                   help=f"default: {RESULTS.test_predictions('{model}')}")
+    s.add_argument("--out", type=Path, default=None, help=f"default: {RESULTS.submission}")
     s = sub.add_parser("check-submission", help="compare a submission zip with a test manifest")
     s.add_argument("zip", type=Path)
     s.add_argument("--manifest", type=Path, required=True)
     return p
 
 
+def _given(value: Any, key: str, configured: Any) -> Any:
+    """A command-line value, else the configured one; one line naming the key without."""
+    if value is not None:
+        return value
+    if configured is None:
+        raise config_mod.ConfigError(f"config: key '{key}' is not set (or pass it as an option)")
+    return Path(configured)
+
+
 def _run(args: argparse.Namespace, cfg: Config) -> None:
     r = RESULTS
     model = getattr(args, "model", None)
+    if args.stage in ("predict-test", "submit") and model is None:
+        model = cfg.submission_model
+    z = cfg.data.zarr
     runs: dict[str, Callable[[], Any]] = {
         "synthetic": lambda: stages.synthetic(cfg, args.out_dir),
+        "convert": lambda: stages.convert(
+            cfg, _given(args.root, "data.zarr.root", z.root),
+            _given(args.manifest, "data.zarr.train_manifest", z.train_manifest),
+            args.datalist or Path(cfg.data.datalist)),
+        "predict-test": lambda: stages.predict_test(
+            cfg, model, r.train(model).summary, _given(args.root, "data.zarr.root", z.root),
+            _given(args.manifest, "data.zarr.test_manifest", z.test_manifest),
+            args.out or r.test_predictions(model),
+            (args.out.parent / r.test_manifest(model).name) if args.out
+            else r.test_manifest(model)),
         "inventory": lambda: stages.inventory(cfg, args.out, args.workers),
         "probe": lambda: stages.probe(cfg, args.inventory, args.out),
         "select-caching": lambda: stages.select_caching(cfg, args.memory, args.out),
@@ -105,9 +143,9 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
         "report-probe": lambda: stages.report_probe(r.memory, r.caching, r.probe_report),
         "compare": lambda: _compare(cfg, Results(args.results)),
         "submit": lambda: stages.submit(
-            cfg, args.predictions or r.predictions(model), args.manifest,
-            args.out or r.submission(model),
-            (args.out or r.submission(model)).with_suffix(".json")),
+            cfg, args.predictions or r.test_predictions(model),
+            _given(args.manifest, "data.zarr.test_manifest", z.test_manifest),
+            args.out or r.submission, (args.out or r.submission).with_suffix(".json")),
         "check-submission": lambda: stages.check_submission(args.zip, args.manifest),
     }
     runs[args.stage]()

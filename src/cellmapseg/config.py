@@ -23,6 +23,7 @@ from cellmapseg import classes as classes_mod
 from cellmapseg.atomic import write_text
 from cellmapseg.classes import Ontology
 from cellmapseg.errors import ConfigError
+from cellmapseg.layout import RESULTS
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class ZarrConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    datalist: str
+    datalist: str  # resolved: never None once loaded (`_resolve_datalist`)
     dataroot: str
     spacing_nm: tuple[float, float, float]
     spacing_tolerance: float
@@ -317,7 +318,16 @@ def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, validate(raw))
     _check_lengths(cfg)
     _check_route(cfg.data)
-    return cfg
+    return _resolve_datalist(cfg)
+
+
+def _resolve_datalist(cfg: Config) -> Config:
+    """data.datalist null -> where its route writes it (the layout's folders)."""
+    if cfg.data.datalist is not None:
+        return cfg
+    folder = RESULTS.converted_dir if cfg.data.zarr.enabled else RESULTS.synthetic_dir
+    data = dataclasses.replace(cfg.data, datalist=str(folder / "datalist.json"))
+    return dataclasses.replace(cfg, data=data)
 
 
 def _check_route(data: DataConfig) -> None:

@@ -80,6 +80,11 @@ class Results:
         return self.root / "data" / "synthetic"
 
     @property
+    def converted_dir(self) -> Path:
+        """The Zarr route's NIfTI crops and datalist (the convert rule's output)."""
+        return self.root / "data" / "zarr"
+
+    @property
     def inventory(self) -> Path:
         return self.root / "data" / "inventory.csv"
 
@@ -124,9 +129,17 @@ class Results:
     def eval_summary(self, model: str) -> Path:
         return self.root / model / "eval_summary.json"
 
-    def submission(self, model: str) -> Path:
-        """The model's challenge submission (submission.json beside it: packing and check)."""
-        return self.root / model / "submission" / "submission.zip"
+    def test_predictions(self, model: str) -> Path:
+        """The model's predictions of the test manifest's crops (manifest.json beside it)."""
+        return self.root / model / "test_predictions" / PREDICTIONS_STORE
+
+    def test_manifest(self, model: str) -> Path:
+        return self.root / model / "test_predictions" / "manifest.json"
+
+    @property
+    def submission(self) -> Path:
+        """The challenge submission (submission.json beside it: packing and check)."""
+        return self.root / "submission" / "submission.zip"
 
     def model_report(self, model: str) -> dict[str, Path]:
         return {key: self.root / model / "report" / name for key, name in MODEL_FIGURES.items()}

@@ -32,6 +32,30 @@ def synthetic(cfg: Config, out_dir: Path) -> Path:
     return datalist
 
 
+def synthetic_zarr(cfg: Config, root: Path, train_manifest: Path, test_manifest: Path) -> None:
+    """The embedded dataset in the challenge's Zarr layout, with its two crop manifests."""
+    from cellmapseg.atomic import write_json
+    from cellmapseg.synthetic.challenge_data import generate_zarr
+
+    config_mod.write_resolved(cfg, resolved_config(train_manifest))
+    summary = generate_zarr(cfg.data.synthetic, cfg.data.spacing_nm, Path(root),
+                            Path(train_manifest), Path(test_manifest), cfg.classes)
+    write_json(Path(train_manifest).with_suffix(".json"), summary)
+    log.info("synthetic Zarr dataset written: %s (%d datasets)", root,
+             len(summary["datasets"]))
+
+
+def convert(cfg: Config, root: Path, manifest: Path, datalist: Path) -> None:
+    """The crops of a train manifest, read from the challenge's Zarr at data.spacing_nm, as
+    NIfTI crops and a datalist (`datalist`, written last)."""
+    from cellmapseg.data.convert import convert as run
+
+    config_mod.write_resolved(cfg, resolved_config(datalist))
+    out = run(root, manifest, cfg.classes, cfg.data.spacing_nm, datalist,
+              cfg.data.zarr.validation_crops)
+    log.info("converted the crops of %s: %s", manifest, out)
+
+
 def inventory(cfg: Config, out_csv: Path, workers: int | None = None) -> None:
     """The checked inventory; `workers` crops are read at a time (default and cap: the CPUs
     this job may use)."""
@@ -111,6 +135,30 @@ def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, o
     result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops, selection)
     write_json(manifest, result)
     log.info("predicted %d crop(s) with %s: %s", len(result["crops"]), model, out)
+
+
+def predict_test(cfg: Config, model: str, train_summary: Path, root: Path, manifest: Path,
+                 out: Path, out_manifest: Path, threads: int | None = None) -> None:
+    """Predict every crop of a test manifest from its dataset's EM (with the window's
+    context) with the best checkpoint; arrays carry their world voxel size and translation."""
+    import torch
+
+    from cellmapseg.atomic import write_json
+    from cellmapseg.data.manifest import read_manifest
+    from cellmapseg.predict.test_crops import predict_test_crops
+
+    if threads:
+        from cellmapseg.runtime.torchrun import usable_cpus
+
+        torch.set_num_threads(usable_cpus(threads))
+    rows = read_manifest(manifest)  # before any other work: a bad manifest is one line
+    out, train_summary = Path(out), Path(train_summary)
+    summary = read_json(train_summary)
+    config_mod.write_resolved(cfg, predictions_config(out))
+    result = predict_test_crops(cfg, cfg.model(model), train_summary.parent /
+                                summary["checkpoint_best"], root, rows, out)
+    write_json(out_manifest, {**result, "test_manifest": str(manifest)})
+    log.info("predicted %d test crop(s) with %s: %s", len(result["crops"]), model, out)
 
 
 def evaluate(cfg: Config, predictions: Path, inventory_csv: Path, out_csv: Path,

@@ -110,13 +110,16 @@ def build_inventory(
     tolerance: float,
     ontology: Ontology,
     workers: int = 1,
+    strict: bool = False,
 ) -> pd.DataFrame:
-    """Validate every crop and return one inventory row per crop, in datalist order.
+    """Validate every crop and return one inventory row per crop, in datalist order; `strict`
+    (data.strict_annotations) makes label voxels of classes a crop does not annotate a problem.
 
     Raises InputError naming every problem if any crop is invalid.
     """
     warnings, rows = scan_crops(entries, spacing_nm, tolerance, ontology.labels,
-                                analyse=partial(crop_row, ontology), workers=workers)
+                                analyse=partial(crop_row, ontology), workers=workers,
+                                names=ontology.atomic, strict=strict)
     for warning in warnings:
         log.warning(warning)
     return pd.DataFrame(rows, columns=columns(ontology))
@@ -129,7 +132,7 @@ def write_inventory(cfg: Config, out_csv: str | Path, workers: int = 1) -> pd.Da
     """
     entries = read_datalist(cfg.data.datalist, cfg.data.dataroot, cfg.classes.num_channels)
     table = build_inventory(entries, cfg.data.spacing_nm, cfg.data.spacing_tolerance,
-                            cfg.classes, workers)
+                            cfg.classes, workers, strict=cfg.data.strict_annotations)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     log.info("inventory: %d crops -> %s", len(table), out_csv)

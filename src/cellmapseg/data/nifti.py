@@ -43,6 +43,13 @@ class NiftiHeader:
     spacing: tuple[float, ...]  # voxel size of the first (up to) 3 axes, header units
     ndim: int
     scaled: bool  # header carries a non-identity scl_slope/scl_inter
+    affine: np.ndarray  # 4 x 4 voxel -> world (header units); nibabel's best affine
+
+    @property
+    def translation(self) -> tuple[float, float, float]:
+        """World position of the first voxel's centre, array axis order (the OME-NGFF and
+        challenge `translation`)."""
+        return tuple(float(t) for t in self.affine[:3, 3])  # type: ignore[return-value]
 
     @property
     def shape3d(self) -> tuple[int, int, int] | None:
@@ -110,6 +117,7 @@ def read_header(path: str | os.PathLike) -> NiftiHeader:
         spacing=tuple(float(z) for z in header.get_zooms()[:3]),
         ndim=len(img.shape),
         scaled=(slope, inter) != (1.0, 0.0),
+        affine=np.asarray(img.affine, dtype=np.float64),
     )
 
 

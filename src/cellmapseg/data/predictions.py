@@ -71,15 +71,18 @@ def gather(out: Path, crop_stores: Mapping[str, Path], attrs: Mapping[str, objec
 
 
 def create_crop(root: zarr.Group, crop_id: str, shape: tuple[int, ...],
-                spacing: Sequence[float], ontology: Ontology) -> dict[str, zarr.Array]:
-    """Every class array of one crop (atomic classes, then groups), zero-filled."""
+                spacing: Sequence[float], ontology: Ontology,
+                translation: Sequence[float] = (0.0, 0.0, 0.0)) -> dict[str, zarr.Array]:
+    """Every class array of one crop (atomic classes, then groups), zero-filled; `translation`
+    is the world position (nm) of its first voxel's centre."""
     group = root.create_group(crop_id)
     chunks = tuple(min(CHUNK, n) for n in shape)
     arrays = {}
     for name in ontology.names:
         dtype = np.uint32 if ontology.is_instance(name) else np.uint8
         arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-        arr.attrs.update({"voxel_size": list(map(float, spacing)), "translation": [0.0] * 3})
+        arr.attrs.update({"voxel_size": list(map(float, spacing)),
+                          "translation": list(map(float, translation))})
         arrays[name] = arr
     return arrays
 

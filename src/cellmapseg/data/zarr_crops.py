@@ -585,14 +585,31 @@ def _common_geometry(held: Sequence[_Held], where: str) -> CropGeometry:
     return CropGeometry.of(min(held, key=lambda h: float(np.prod(h.level.voxel_size))).level)
 
 
+@dataclass(frozen=True)
+class EMLevel:
+    """A dataset's EM at one voxel size: the array, its grid, and its location."""
+
+    array: Any
+    level: Level
+    where: str
+
+
+def open_em(group: zarr.Group, dataset: str, voxel_size: Sequence[float], rtol: float = 1e-3
+            ) -> EMLevel:
+    """The EM level of an open dataset at `voxel_size`; InputError when it has none."""
+    em_where = f"{describe(group)}/{EM_PATH}"
+    em_group = _child(group, EM_PATH, em_where, f"EM group of dataset {dataset}")
+    level = level_at(em_group, voxel_size, em_where, rtol)
+    return EMLevel(em_group[level.path], level, f"{em_where}/{level.path}")
+
+
 def plan_crop(root: str | os.PathLike, dataset: str, crop: str | int, ontology: Ontology,
               voxel_size: Sequence[float], rtol: float = 1e-3) -> CropPlan:
     """Everything needed to read crop `crop` of `dataset` at the training `voxel_size`."""
     group = open_dataset(root, dataset)
     base = describe(group)
-    em_where = f"{base}/{EM_PATH}"
-    em_group = _child(group, EM_PATH, em_where, f"EM group of dataset {dataset}")
-    em_level = level_at(em_group, voxel_size, em_where, rtol)
+    em = open_em(group, dataset, voxel_size, rtol)
+    em_level = em.level
     key = crop_key(crop)
     where = f"{base}/{GROUNDTRUTH_PATH}/{key}"
     crop_group = _child(group, f"{GROUNDTRUTH_PATH}/{key}", where,
@@ -616,9 +633,8 @@ def plan_crop(root: str | os.PathLike, dataset: str, crop: str | int, ontology: 
     sources = tuple(
         map_class(h.name, ontology.channel(h.name), ontology.labels[ontology.channel(h.name)],
                   h.group[h.level.path], h.level, h.annotation, grid, where) for h in kept)
-    return CropPlan(dataset, key, where, em_group[em_level.path], f"{em_where}/{em_level.path}",
-                    box, grid, sources, {h.name: h.counts or {} for h in kept}, tuple(skipped),
-                    ontology.label_dtype)
+    return CropPlan(dataset, key, where, em.array, em.where, box, grid, sources,
+                    {h.name: h.counts or {} for h in kept}, tuple(skipped), ontology.label_dtype)
 
 
 def _others(crop: zarr.Group, names: Sequence[str], where: str) -> list[_Held]:

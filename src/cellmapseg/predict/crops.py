@@ -65,15 +65,17 @@ def crop_image(row: dict[str, Any], scratch: Path, stored: Volume | None
 
 
 def predict_crop(net: Net, row: dict[str, Any], image: Any, cfg: Config, roi: Sequence[int],
-                 root: zarr.Group, device: torch.device) -> dict[str, int]:
-    """Predict one crop's `image` (any array read a region at a time) into `root`; return the
-    number of instances per instance class."""
+                 root: zarr.Group, device: torch.device,
+                 translation: Sequence[float] = (0.0, 0.0, 0.0)) -> dict[str, int]:
+    """Predict one crop's `image` (any array read a region at a time) into `root`, its first
+    voxel's centre at `translation` (nm); return the number of instances per instance
+    class."""
     if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
         raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
                          "inventory")
     ontology = cfg.classes
     arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm,
-                                     ontology)
+                                     ontology, translation)
     counts = {name: 0 for name in ontology.names if ontology.is_instance(name)}
     block = [cfg.inference.block_size] * 3
     flips = FLIPS if cfg.inference.tta_flips else ((),)
@@ -132,8 +134,10 @@ def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.Dat
             with crop_image(row, out.parent, stored) as (image, source):
                 log.info("predicting %s with %s (image from the %s)", row["crop"], model.name,
                          source)
+                # the crop's world origin from its NIfTI (converted crops keep the challenge's)
+                origin = nifti.read_header(row["image"]).translation
                 instances[row["crop_id"]] = predict_crop(net, row, image, cfg, model.roi_size,
-                                                         root, device)
+                                                         root, device, origin)
             sources[row["crop_id"]] = source
         manifest = {
             "model": model.name, "checkpoint": str(ckpt), **info, "device": device.type,
