@@ -168,8 +168,20 @@ def evaluate(cfg: Config, predictions: Path, inventory_csv: Path, out_csv: Path,
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
     summary = score(predictions, inventory_csv, cfg.data.spacing_nm, out_csv, out_summary,
-                    cfg.classes, crops, block=cfg.inference.block_size)
+                    cfg.classes, crops, block=cfg.inference.block_size, truth=_truth(cfg))
     log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
+
+
+def _truth(cfg: Config) -> Any:
+    """On the Zarr route, the ground truth in the challenge's Zarr at each class's own grid
+    (the train manifest's): crops are scored as the server scores them. Else None (the
+    converted or given NIfTI labels, on the training grid)."""
+    z = cfg.data.zarr
+    if not z.enabled:
+        return None
+    from cellmapseg.evaluate.truth import ZarrTruth
+
+    return ZarrTruth.read(Path(z.root), Path(z.train_manifest))
 
 
 def gather_predictions(crop_stores: Sequence[Path], crop_manifests: Sequence[Path], out: Path,
@@ -200,7 +212,8 @@ def evaluate_crop(cfg: Config, predictions: Path, inventory_csv: Path, crop: str
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
     table, _ = score_table(predictions, inventory_csv, cfg.data.spacing_nm, Path(out_csv).parent,
-                           cfg.classes, [crop], block=cfg.inference.block_size)
+                           cfg.classes, [crop], block=cfg.inference.block_size,
+                           truth=_truth(cfg))
     write_table(table, out_csv)
     log.info("scored %s of %s: %d class row(s)", crop, predictions, len(table))
 

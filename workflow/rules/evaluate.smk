@@ -52,6 +52,8 @@ rule evaluate_crop:
     input:
         zarr=rules.predict_crop.output.zarr,
         inventory=rules.inventory.output.csv,
+        # Zarr route: the truth's class grids (scored at the ground truth's resolution)
+        manifest=[CFG.data.zarr.train_manifest] if CFG.data.zarr.enabled else [],
     output:
         csv=str(R.crop_eval("{model}", "{crop}")),
     log:

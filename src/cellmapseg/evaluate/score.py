@@ -7,12 +7,18 @@ annotated classes (the challenge scores exactly the classes present in a crop's 
 submission.py `get_evaluation_args`): its annotated atomic classes, and each group all of whose
 members it annotates (a union is known only where every member is; classes.Ontology.annotated).
 A group's truth is the union of its members' label values.
+
+With a `truth.ZarrTruth`, each class is scored instead at the ground truth's own resolution, as
+the server does: against the crop's Zarr ground truth on the train manifest's grid of that
+class, the prediction brought there by the official rules (data.resample.match_crop_space) and
+the class's `{label}_mask` honoured (see evaluate.truth). The counting is the same.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +35,14 @@ from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import predictions
 from cellmapseg.data.datalist import parse_annotated_classes
 from cellmapseg.data.nifti import read_header, stream_to_npy
+from cellmapseg.data.resample import match_crop_space
 from cellmapseg.errors import InputError
+from cellmapseg.evaluate import truth as zarr_truth
 from cellmapseg.evaluate.aggregate import summarise
 from cellmapseg.evaluate.instance import score_instances
 from cellmapseg.evaluate.metrics import dice, iou
 from cellmapseg.evaluate.semantic import semantic_counts
+from cellmapseg.evaluate.truth import ClassTruth, Masked, Prediction, TruthMask, ZarrTruth
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +97,7 @@ def check_crop(store: zarr.Group, path: Path, job: CropJob, voxel: tuple[float, 
                             ontology.annotated(job.classes), voxel)
 
 
-def _semantic_row(arr: zarr.Array, truth: ScratchArray, values: tuple[int, ...], block: int
+def _semantic_row(arr: Any, truth: Any, values: tuple[int, ...], block: int
                   ) -> dict[str, Any]:
     n = semantic_counts(arr, truth, values, block)
     return {"kind": "semantic", "tp": n.tp, "fp": n.fp, "fn": n.fn,
@@ -99,6 +108,10 @@ def _semantic_row(arr: zarr.Array, truth: ScratchArray, values: tuple[int, ...],
 def _instance_row(arr: zarr.Array, truth: ScratchArray, values: tuple[int, ...],
                   voxel: tuple[float, ...], block: int, scratch: Path) -> dict[str, Any]:
     s = score_instances(arr, ValueMask(truth, values), voxel, block=block, scratch=scratch)
+    return _instance_fields(s)
+
+
+def _instance_fields(s: Any) -> dict[str, Any]:
     f1, mean, combined = s.metrics()
     return {"kind": "instance", "tp": s.tp, "fp": s.fp, "fn": s.fn, "f1": f1,
             "mean_norm_hausdorff": mean, "combined": combined, "n_pred": s.n_pred,
@@ -123,20 +136,103 @@ def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...], block:
     return rows
 
 
+# ------------------------------------------------------- at the ground truth's resolution
+@dataclass(frozen=True)
+class TruthJob:
+    """A crop to score against its Zarr ground truth: per class, the truth and the prediction."""
+
+    job: CropJob
+    classes: tuple[tuple[ClassTruth, Prediction], ...]  # annotated classes, `names` order
+
+
+def _datasets(chosen: pd.DataFrame) -> list[str]:
+    if "dataset" not in chosen.columns:
+        raise InputError("inventory: column 'dataset' missing (scoring against the Zarr "
+                         "ground truth needs each crop's dataset)")
+    out = []
+    for _, row in chosen.iterrows():
+        value = row["dataset"]
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"inventory: crop {row['crop']} has no dataset")
+        out.append(value.strip())
+    return out
+
+
+def check_crop_at_truth(store: zarr.Group, path: Path, job: CropJob, dataset: str,
+                        voxel: tuple[float, ...], ontology: Ontology,
+                        truth: ZarrTruth) -> TruthJob:
+    """Every class's truth and prediction of one crop, checked from metadata (no voxel read);
+    InputError (one line naming crop/class/file) on the first problem."""
+    names = ontology.annotated(job.classes)
+    arrays = predictions.crop_arrays(store, path, job.crop_id, job.crop, job.shape, names, voxel)
+    plan = zarr_truth.plan_crop(truth, dataset, job.crop_id, names, ontology)
+    pairs = []
+    for name in names:
+        where = f"{path}/{job.crop_id}/{name}"
+        pred = zarr_truth.prediction(arrays[name], plan[name], f"{where} (crop {job.crop})")
+        if not zarr_truth.covers(pred, plan[name].grid):
+            log.warning("%s: the prediction does not cover the ground truth's box of class %s; "
+                        "the rest is scored as background", where, name)
+        pairs.append((plan[name], pred))
+    return TruthJob(job, tuple(pairs))
+
+
+def score_class_at_truth(cls: ClassTruth, pred: Prediction, instance: bool, block: int,
+                         scratch: Path) -> dict[str, Any]:
+    """One class's row: the prediction brought to the truth's grid (official rules), both
+    masked, counted as on the NIfTI route; distances in the truth's voxel size."""
+    g = cls.grid
+    aligned = match_crop_space(pred.array, pred.voxel_size, pred.translation, instance, g,
+                               scratch / "aligned", pred.where)
+    view = Masked(aligned, cls.mask, cls.chunks)
+    if not instance:
+        return _semantic_row(view, TruthMask(cls), (1,), block)
+    if cls.ids:
+        ids, n_true = zarr_truth.truth_ids(cls, scratch / "truth.npy", block)
+        s = zarr_truth.score_truth_ids(view, ids, n_true, g.voxel_size, block, scratch)
+    else:
+        s = score_instances(view, TruthMask(cls), g.voxel_size, block=block, scratch=scratch)
+    return _instance_fields(s)
+
+
+def score_crop_at_truth(plan: TruthJob, block: int, scratch: Path, ontology: Ontology
+                        ) -> list[dict[str, Any]]:
+    job, rows = plan.job, []
+    with tempfile.TemporaryDirectory(prefix=".scoring-", dir=scratch) as tmp:
+        for cls, pred in plan.classes:
+            work = Path(tmp) / cls.name
+            work.mkdir()
+            row = score_class_at_truth(cls, pred, ontology.is_instance(cls.name), block, work)
+            shutil.rmtree(work, ignore_errors=True)  # the aligned copy can be large
+            rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": cls.name, **row})
+    log.info("scored %s at the ground truth's resolution (%d classes)", job.crop, len(rows))
+    return rows
+
+
 def score_table(predictions_path: Path, inventory: Path | pd.DataFrame,
                 spacing_nm: Sequence[float], scratch: Path, ontology: Ontology,
                 crops: Sequence[str] | None = None,
-                block: int = 128) -> tuple[pd.DataFrame, list[str]]:
+                block: int = 128, truth: ZarrTruth | None = None
+                ) -> tuple[pd.DataFrame, list[str]]:
     """eval.csv's rows for the validation crops (or `crops`) and the names of the crops scored;
     scratch copies go to `scratch`. Raises InputError, before scoring any voxel, when any
-    input is wrong."""
+    input is wrong. With `truth`, each class is scored against its Zarr ground truth at the
+    truth's own grid (module docstring); None: against the label NIfTI on the prediction's."""
     voxel = tuple(float(v) for v in spacing_nm)
     if len(voxel) != 3 or min(voxel) <= 0:
         raise InputError(f"spacing_nm: expected 3 positive values, got {list(spacing_nm)}")
     chosen = inventory_mod.select(_load_inventory(inventory), crops, "evaluate")
     jobs = [_job(row, ontology) for _, row in chosen.iterrows()]
+    datasets = _datasets(chosen) if truth is not None else []
     path = predictions.locate(predictions_path)
     store = predictions.open_store(path)
+    if truth is not None:
+        plans = [check_crop_at_truth(store, path, job, dataset, voxel, ontology, truth)
+                 for job, dataset in zip(jobs, datasets, strict=True)]
+        scratch.mkdir(parents=True, exist_ok=True)
+        rows = [row for plan in plans for row in score_crop_at_truth(plan, block, scratch,
+                                                                      ontology)]
+        return _table(rows), [job.crop for job in jobs]
     for job in jobs:
         check_crop(store, path, job, voxel, ontology)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -181,11 +277,13 @@ def write_outputs(table: pd.DataFrame, crops: Sequence[str], out_csv: Path,
 
 def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
              out_csv: Path, out_summary: Path, ontology: Ontology,
-             crops: list[str] | None = None, block: int = 128) -> dict:
+             crops: list[str] | None = None, block: int = 128,
+             truth: ZarrTruth | None = None) -> dict:
     """Score the validation crops (or `crops`); write eval.csv and eval_summary.json; return
-    the summary. Raises InputError, writing nothing, when any input is wrong."""
+    the summary. Raises InputError, writing nothing, when any input is wrong. `truth`: score
+    at the Zarr ground truth's resolution (score_table)."""
     table, scored = score_table(predictions_path, inventory, spacing_nm, Path(out_csv).parent,
-                                ontology, crops, block)
+                                ontology, crops, block, truth)
     return write_outputs(table, scored, out_csv, out_summary, ontology)
 
 
