@@ -297,6 +297,7 @@ def submit(cfg: Config, predictions: Path, manifest: Path, out_zip: Path, out_js
     from cellmapseg.submit.check import check
     from cellmapseg.submit.pack import pack
 
+    predictions, out_zip, out_json = Path(predictions), Path(out_zip), Path(out_json)
     rows = read_manifest(manifest)
     summary = pack(predictions, rows, cfg.classes, out_zip)
     problems, missing = check(out_zip, rows)

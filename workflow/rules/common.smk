@@ -10,6 +10,7 @@ from cellmapseg.runtime.process import bad_input_exits
 
 with bad_input_exits():
     CFG = from_dict(config)
+    SUBMISSION_MODEL = CFG.submission_model if CFG.data.zarr.test_manifest else None
 
 
 wildcard_constraints:

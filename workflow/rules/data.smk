@@ -1,7 +1,8 @@
-# Stage 1: the data. The synthetic dataset (embedded default) or the user's datalist, then the
-# validated inventory every later stage reads.
+# Stage 1: the data. The synthetic dataset (embedded default) or the user's datalist (NIfTI
+# route), or the challenge's Zarr crops converted to NIfTI at the training voxel size (Zarr
+# route); then the validated inventory every later stage reads.
 
-if CFG.data.synthetic.enabled:
+if CFG.data.synthetic.enabled and not CFG.data.synthetic.zarr:
 
     rule synthetic_data:
         output:
@@ -14,6 +15,41 @@ if CFG.data.synthetic.enabled:
             "../envs/cellmapseg.yaml"
         script:
             "../scripts/synthetic_data.py"
+
+
+if CFG.data.synthetic.zarr:
+
+    rule synthetic_zarr:
+        output:
+            train=CFG.data.zarr.train_manifest,  # written last: the dataset is complete
+            test=CFG.data.zarr.test_manifest,
+        params:
+            data=config["data"],
+            root=CFG.data.zarr.root,
+        log:
+            str(R.log("synthetic_zarr")),
+        conda:
+            "../envs/cellmapseg.yaml"
+        script:
+            "../scripts/synthetic_zarr.py"
+
+
+if CFG.data.zarr.enabled:
+
+    rule convert:
+        input:
+            manifest=CFG.data.zarr.train_manifest,
+        output:
+            datalist=CFG.data.datalist,
+        params:
+            data=config["data"],
+            root=CFG.data.zarr.root,
+        log:
+            str(R.log("convert")),
+        conda:
+            "../envs/cellmapseg.yaml"
+        script:
+            "../scripts/convert.py"
 
 
 # A checkpoint: the per-crop prediction and scoring jobs are the validation crops it lists.

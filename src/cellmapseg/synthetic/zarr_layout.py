@@ -22,6 +22,7 @@ tests/test_zarr_crops.py. Independent of the NIfTI generator: it takes arrays.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,10 +54,13 @@ class LabelCrop:
     translation: Triple
     labels: Mapping[str, np.ndarray]  # class -> 0/1 (semantic) or ids (instance), z y x
     unknown: tuple[str, ...] = ()  # held, not annotated: written all UNKNOWN
+    grid_shape: tuple[int, int, int] | None = None  # required where `labels` is empty
 
     @property
     def shape(self) -> tuple[int, int, int]:
         shapes = {np.shape(a) for a in self.labels.values()}
+        if self.grid_shape is not None:  # a crop annotating nothing holds unknown classes only
+            shapes.add(tuple(self.grid_shape))
         if len(shapes) != 1:
             raise ValueError(f"crop {self.crop}: class arrays have shapes {sorted(shapes)}")
         return shapes.pop()
@@ -107,9 +111,10 @@ def _array(group: zarr.Group, path: str, data: np.ndarray, chunks: int) -> zarr.
 def halved(em: np.ndarray) -> np.ndarray:
     """Level s1 of an EM level: means of 2 x 2 x 2 blocks (an odd last voxel is dropped)."""
     n = np.asarray(em.shape) // 2
-    blocks = em[: 2 * n[0], : 2 * n[1], : 2 * n[2]].astype(np.float32)
-    mean = blocks.reshape(n[0], 2, n[1], 2, n[2], 2).mean(axis=(1, 3, 5))
-    return np.rint(mean).astype(em.dtype)
+    total = np.zeros(tuple(n), np.uint16 if em.dtype == np.uint8 else np.float32)  # exact
+    for z, y, x in itertools.product((0, 1), repeat=3):  # one strided add per block position
+        total += em[z: 2 * n[0]: 2, y: 2 * n[1]: 2, x: 2 * n[2]: 2]
+    return np.rint(total / np.float32(8)).astype(em.dtype)
 
 
 def _write_em(group: zarr.Group, ds: ZarrDataset, chunks: int) -> None:
@@ -147,15 +152,15 @@ def _annotation(name: str, instance: bool) -> dict[str, Any]:
 def _write_class(crop_group: zarr.Group, crop: LabelCrop, name: str, data: np.ndarray,
                  instance: bool, chunks: int) -> None:
     data = np.asarray(data, dtype=np.uint8)
-    if not instance and not np.isin(data, (ABSENT, PRESENT, UNKNOWN)).all():
+    counts = {"absent": int(np.count_nonzero(data == ABSENT)),
+              "unknown": int(np.count_nonzero(data == UNKNOWN))}
+    if not instance and sum(counts.values()) + np.count_nonzero(data == PRESENT) != data.size:
         raise ValueError(f"crop {crop.crop} class {name}: a semantic class holds 0, 1 or 255")
     group = crop_group.require_group(name)
     array = _array(group, "s0", data, chunks)
     meta = _annotation(name, instance)
     group.attrs.update({**_multiscales(["s0"], [crop.voxel_size], [crop.translation], name),
                         "cellmap": {"annotation": meta}})
-    counts = {"absent": int(np.count_nonzero(data == ABSENT)),
-              "unknown": int(np.count_nonzero(data == UNKNOWN))}
     array.attrs.update({"cellmap": {"annotation": {**meta, "complement_counts": counts}}})
 
 
