@@ -112,3 +112,37 @@ def test_large_sources_are_rescaled_in_cubes_placed_like_the_official_loader(
                                         tmp_path / "c")[...])
     assert cubed.shape == (2, 2, 12)
     assert not np.array_equal(cubed, whole)  # the official seams, reproduced
+
+
+def test_exact_placement_puts_an_upsampled_prediction_where_its_voxels_lie(
+        tmp_path: Path) -> None:
+    # 8 nm ids 1 2 3, voxel centres at 0, 8, 16 nm: at 4 nm they cover [-4, 20) nm, centres
+    # -2, 2, ... 18. The truth grid's centres are 2, 6, ..., 18 (translation 2 nm), so its
+    # first voxel is the second upsampled one: 1 2 2 3 3.
+    ids = _line([1, 2, 3]).astype(np.uint32)
+    target = Grid((8, 8, 4), (0, 0, 2), (1, 1, 5))
+    exact = match_crop_space(ids, (8, 8, 8), (0, 0, 0), True, target, tmp_path / "e",
+                             placement="exact")
+    assert exact.ravel().tolist() == [1, 2, 2, 3, 3]
+    # the official rule takes the 8 nm translation (0 nm) for the first 4 nm voxel's centre
+    # and rounds -0.5 voxels toward zero: one voxel to the right of where it lies
+    official = match_crop_space(ids, (8, 8, 8), (0, 0, 0), True, target, tmp_path / "o")
+    assert official.ravel().tolist() == [1, 1, 2, 2, 3]
+
+
+def test_exact_and_official_placement_agree_on_a_grid_aligned_prediction(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    mask = rng.integers(0, 2, (5, 6, 7)).astype(np.uint8)
+    # same voxel size, translations multiples of it, the prediction two voxels in
+    target = Grid((4, 4, 4), (8, 8, 8), (8, 9, 10))
+    args = (mask, (4, 4, 4), (16, 16, 16), False, target)
+    exact = match_crop_space(*args, tmp_path / "e", placement="exact")
+    assert np.array_equal(exact, match_crop_space(*args, tmp_path / "o"))
+    assert np.array_equal(exact[2:7, 2:8, 2:9], mask)
+    # the same two grids moved by 2 nm (no longer multiples of 4 nm): the official rule snaps
+    # the prediction's translation down to 16 nm and lands it one voxel short; exact does not
+    moved = Grid((4, 4, 4), (10, 10, 10), (8, 9, 10))
+    args = (mask, (4, 4, 4), (18, 18, 18), False, moved)
+    assert np.array_equal(match_crop_space(*args, tmp_path / "e2", placement="exact"), exact)
+    assert np.array_equal(match_crop_space(*args, tmp_path / "o2")[1:6, 1:7, 1:8], mask)

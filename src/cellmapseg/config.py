@@ -73,6 +73,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class SubmissionConfig:
     model: str | None
+    placement: str  # "exact" or "official" (data.resample.match_crop_space)
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def _truth(cfg: Config) -> Any:
         return None
     from cellmapseg.evaluate.truth import ZarrTruth
 
-    return ZarrTruth.read(Path(z.root), Path(z.train_manifest))
+    return ZarrTruth.read(Path(z.root), Path(z.train_manifest), cfg.submission.placement)
 
 
 def gather_predictions(crop_stores: Sequence[Path], crop_manifests: Sequence[Path], out: Path,
@@ -299,7 +299,8 @@ def submit(cfg: Config, predictions: Path, manifest: Path, out_zip: Path, out_js
 
     predictions, out_zip, out_json = Path(predictions), Path(out_zip), Path(out_json)
     rows = read_manifest(manifest)
-    summary = pack(predictions, rows, cfg.classes, out_zip)
+    summary = pack(predictions, rows, cfg.classes, out_zip,
+                   placement=cfg.submission.placement)
     problems, missing = check(out_zip, rows)
     if problems:
         Path(out_zip).unlink(missing_ok=True)

@@ -143,6 +143,7 @@ class TruthJob:
 
     job: CropJob
     classes: tuple[tuple[ClassTruth, Prediction], ...]  # annotated classes, `names` order
+    placement: str  # how predictions are placed on the truth's grid (data.resample)
 
 
 def _datasets(chosen: pd.DataFrame) -> list[str]:
@@ -174,16 +175,17 @@ def check_crop_at_truth(store: zarr.Group, path: Path, job: CropJob, dataset: st
             log.warning("%s: the prediction does not cover the ground truth's box of class %s; "
                         "the rest is scored as background", where, name)
         pairs.append((plan[name], pred))
-    return TruthJob(job, tuple(pairs))
+    return TruthJob(job, tuple(pairs), truth.placement)
 
 
 def score_class_at_truth(cls: ClassTruth, pred: Prediction, instance: bool, block: int,
-                         scratch: Path) -> dict[str, Any]:
-    """One class's row: the prediction brought to the truth's grid (official rules), both
-    masked, counted as on the NIfTI route; distances in the truth's voxel size."""
+                         scratch: Path, placement: str = "official") -> dict[str, Any]:
+    """One class's row: the prediction brought to the truth's grid (official rules, with
+    `placement`), both masked, counted as on the NIfTI route; distances in the truth's voxel
+    size."""
     g = cls.grid
     aligned = match_crop_space(pred.array, pred.voxel_size, pred.translation, instance, g,
-                               scratch / "aligned", pred.where)
+                               scratch / "aligned", pred.where, placement)
     view = Masked(aligned, cls.mask, cls.chunks)
     if not instance:
         return _semantic_row(view, TruthMask(cls), (1,), block)
@@ -202,7 +204,8 @@ def score_crop_at_truth(plan: TruthJob, block: int, scratch: Path, ontology: Ont
         for cls, pred in plan.classes:
             work = Path(tmp) / cls.name
             work.mkdir()
-            row = score_class_at_truth(cls, pred, ontology.is_instance(cls.name), block, work)
+            row = score_class_at_truth(cls, pred, ontology.is_instance(cls.name), block, work,
+                                       plan.placement)
             shutil.rmtree(work, ignore_errors=True)  # the aligned copy can be large
             rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": cls.name, **row})
     log.info("scored %s at the ground truth's resolution (%d classes)", job.crop, len(rows))

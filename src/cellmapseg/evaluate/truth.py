@@ -80,14 +80,16 @@ class ZarrTruth:
 
     root: Path
     rows: tuple[ManifestRow, ...]
+    placement: str = "official"  # resample.match_crop_space's rule 3: the packer's choice
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
         object.__setattr__(self, "rows", tuple(self.rows))
 
     @classmethod
-    def read(cls, root: str | Path, manifest: str | Path) -> ZarrTruth:
-        return cls(Path(root), tuple(read_manifest(manifest)))
+    def read(cls, root: str | Path, manifest: str | Path, placement: str = "official"
+             ) -> ZarrTruth:
+        return cls(Path(root), tuple(read_manifest(manifest)), placement)
 
     def grid(self, dataset: str, crop_id: str, name: str) -> Grid | None:
         """The manifest's grid of class `name` in crop `crop_id` (crop<N>) of `dataset`."""

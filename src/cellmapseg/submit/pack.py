@@ -56,11 +56,11 @@ def _copy(image: Any, out: zarr.Array) -> None:
 
 
 def _pack_row(row: ManifestRow, group: zarr.Group, source: zarr.Array, where: str,
-              instance: bool, scratch: Path) -> None:
+              instance: bool, scratch: Path, placement: str) -> None:
     vs, tr = _geometry(source, where)
     g = row.grid
     image = match_crop_space(source, vs, tr, instance, g, scratch / row.crop_id / row.class_label,
-                             where)
+                             where, placement)
     dtype = source.dtype if instance else np.uint8
     arr = group.require_group(row.crop_id).create_array(
         row.class_label, shape=g.shape, dtype=dtype, chunks=tuple(min(CHUNK, n) for n in g.shape),
@@ -80,10 +80,11 @@ def _zip(store: Path, out: Path) -> None:
 
 
 def pack(predictions: Path, rows: Sequence[ManifestRow], ontology: Ontology, out_zip: Path,
-         work: Path | None = None) -> dict[str, Any]:
+         work: Path | None = None, placement: str = "exact") -> dict[str, Any]:
     """Write `out_zip` from the predictions store for every row of the test manifest; returns
     the packing summary (arrays written, rows left out because the ontology does not predict
-    their class)."""
+    their class). `placement`: data.resample's rule 3 ("exact": each array where its voxels
+    lie; "official": the official packer's offset)."""
     store = open_store(predictions)
     crops = by_crop(rows)
     absent = [c for c in crops if c not in store]
@@ -106,11 +107,12 @@ def pack(predictions: Path, rows: Sequence[ManifestRow], ontology: Ontology, out
                 if row.class_label not in store[crop_id]:
                     raise InputError(f"{where}: class array missing")
                 _pack_row(row, root, store[crop_id][row.class_label], where,
-                          ontology.is_instance(row.class_label), Path(tmp) / "scratch")
+                          ontology.is_instance(row.class_label), Path(tmp) / "scratch",
+                          placement)
                 written.append(f"{crop_id}/{row.class_label}")
         shutil.rmtree(Path(tmp) / "scratch", ignore_errors=True)
         _zip(zarr_dir, out_zip)
-    return {"zip": str(out_zip), "crops": len(crops), "rows": len(rows),
+    return {"zip": str(out_zip), "crops": len(crops), "rows": len(rows), "placement": placement,
             "arrays": len(written), "left_out": left_out,
             "line": (f"{len(written)} of {len(rows)} manifest arrays over {len(crops)} test "
                      f"crops; {len(left_out)} not predicted by the ontology score 0")}
