@@ -29,6 +29,12 @@ def predictions_config(store: str | Path) -> Path:
     return Path(store).parent / "config.yaml"
 
 
+def synthetic_summary(train_manifest: str | Path) -> Path:
+    """What the synthetic Zarr generator wrote (datasets; train, validation and test crops),
+    beside its train manifest."""
+    return Path(train_manifest).with_suffix(".json")
+
+
 @dataclass(frozen=True)
 class TrainFiles:
     """The files of one training folder. Checkpoints are not Snakemake outputs (a failed job's

@@ -18,7 +18,12 @@ from typing import Any
 from cellmapseg import config as config_mod
 from cellmapseg.config import Config
 from cellmapseg.errors import InputError
-from cellmapseg.layout import TrainFiles, predictions_config, resolved_config
+from cellmapseg.layout import (
+    TrainFiles,
+    predictions_config,
+    resolved_config,
+    synthetic_summary,
+)
 
 log = logging.getLogger("cellmapseg")
 
@@ -40,7 +45,7 @@ def synthetic_zarr(cfg: Config, root: Path, train_manifest: Path, test_manifest:
     config_mod.write_resolved(cfg, resolved_config(train_manifest))
     summary = generate_zarr(cfg.data.synthetic, cfg.data.spacing_nm, Path(root),
                             Path(train_manifest), Path(test_manifest), cfg.classes)
-    write_json(Path(train_manifest).with_suffix(".json"), summary)
+    write_json(synthetic_summary(train_manifest), summary)
     log.info("synthetic Zarr dataset written: %s (%d datasets)", root,
              len(summary["datasets"]))
 
@@ -51,8 +56,10 @@ def convert(cfg: Config, root: Path, manifest: Path, datalist: Path) -> None:
     from cellmapseg.data.convert import convert as run
 
     config_mod.write_resolved(cfg, resolved_config(datalist))
-    out = run(root, manifest, cfg.classes, cfg.data.spacing_nm, datalist,
-              cfg.data.zarr.validation_crops)
+    held_out = cfg.data.zarr.validation_crops
+    if not held_out and cfg.data.synthetic.zarr:  # the generator's own validation split
+        held_out = read_json(synthetic_summary(manifest))["validation_crops"]
+    out = run(root, manifest, cfg.classes, cfg.data.spacing_nm, datalist, held_out)
     log.info("converted the crops of %s: %s", manifest, out)
 
 

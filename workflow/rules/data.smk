@@ -23,6 +23,7 @@ if CFG.data.synthetic.zarr:
         output:
             train=CFG.data.zarr.train_manifest,  # written last: the dataset is complete
             test=CFG.data.zarr.test_manifest,
+            summary=str(layout.synthetic_summary(CFG.data.zarr.train_manifest)),
         params:
             data=config["data"],
             root=CFG.data.zarr.root,
@@ -39,6 +40,8 @@ if CFG.data.zarr.enabled:
     rule convert:
         input:
             manifest=CFG.data.zarr.train_manifest,
+            # the generator's validation split, when it wrote the data
+            split=[rules.synthetic_zarr.output.summary] if CFG.data.synthetic.zarr else [],
         output:
             datalist=CFG.data.datalist,
         params:
