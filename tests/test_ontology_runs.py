@@ -123,7 +123,7 @@ def test_the_challenge_ontology_runs_the_dag_on_a_35_class_tiny_dataset(tmp_path
     proc = run_local(tmp_path, "all", configfiles=configs, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = tmp_path / "results"
-    datalist = json.loads((results / "data/synthetic/datalist.json").read_text())
+    datalist = json.loads((results / "data/zarr/datalist.json").read_text())  # converted
     atomic = [c["name"] for c in challenge["atomic"]]
     assert [c["name"] for c in datalist["class_names"]] == atomic
     painted = {int(c) for split in ("training", "validation") for e in datalist[split]

@@ -85,7 +85,8 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
            if r["State"] != "COMPLETED" or r["ExitCode"] != "0:0"]
     assert not bad, "jobs that did not complete:\n" + "\n".join(bad)
     rules = [_rule(r) for r in ours]
-    for rule in ("synthetic_data", "inventory", "memory_probe", "select_caching"):
+    for rule in ("synthetic_zarr", "convert", "inventory", "memory_probe", "select_caching",
+                 "predict_test", "submit"):  # the Zarr route, one test-crop job and the zip
         assert rules.count(rule) == 1, rule
     assert rules.count("train") == len(MODELS)
     crops = validation_crop_ids(dag.workdir / "results/data/inventory.csv")

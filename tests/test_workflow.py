@@ -41,9 +41,11 @@ def test_data_and_probe_stages_run_on_the_embedded_default(probe_stages):
     results = probe_stages / "results"
     inventory = pd.read_csv(results / "data/inventory.csv")
     assert set(inventory["split"]) == {"training", "validation"}
-    for path in ("data/synthetic/datalist.json", "data/synthetic/config.yaml",
-                 "data/inventory.config.yaml", "probe/memory.config.yaml",
-                 "probe/caching_strategy.config.yaml"):
+    for path in ("data/synthetic/train_crop_manifest.csv",
+                 "data/synthetic/test_crop_manifest.csv",
+                 "data/synthetic/train_crop_manifest.config.yaml", "data/zarr/datalist.json",
+                 "data/zarr/datalist.config.yaml", "data/inventory.config.yaml",
+                 "probe/memory.config.yaml", "probe/caching_strategy.config.yaml"):
         assert (results / path).is_file(), path
     memory = json.loads((results / "probe/memory.json").read_text())
     assert set(memory["measurements"]) == {"A", "B", "C", "D"}
