@@ -122,7 +122,7 @@ def test_gpu_rules_asked_for_the_reserved_allocation(dag):
 
 def test_only_gpu_rules_use_the_reservation(dag):
     for r in _dag_rows(dag):
-        if _rule(r) in GPU_RULES | {"predict_crop"}:
+        if _rule(r) in GPU_RULES | {"predict_crop", "predict_test"}:
             assert (r["Partition"], r["Reservation"], r["QOS"]) == (
                 TEST_SITE.gpu_partition, TEST_SITE.reservation, TEST_SITE.qos), r
         else:
