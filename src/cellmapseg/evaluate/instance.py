@@ -353,21 +353,31 @@ def score_instances(pred_ids: Any, truth_mask: Any, voxel_size: Sequence[float],
     with tempfile.TemporaryDirectory(prefix=".instances-", dir=scratch) as tmp:
         truth = ScratchArray(Path(tmp) / "truth.npy", shape, np.uint32)
         n_true = label_components(truth_mask, truth, (block,) * len(shape))
-        pred, n_pred = relabel_components(pred_ids, ScratchArray(Path(tmp) / "pred.npy", shape,
-                                                                 np.uint32), block)
-        skipped = InstanceScore(0, 0, 0, n_pred, n_true, 0.0, 0, cap)
-        reason = guard_reason(n_true, n_pred)
-        if reason:
-            return replace(skipped, guard=reason)
-        stats = block_stats(truth, pred, n_true, n_pred, block)
-        if stats.pairs.rows.size > MAX_OVERLAP_EDGES:
-            reason = f"{SKIPPED}: {stats.pairs.rows.size} overlapping pairs > {MAX_OVERLAP_EDGES}"
-            return replace(skipped, guard=reason)
-        matched = match(stats.pairs, n_true, n_pred)
-        tp = int(np.count_nonzero(matched))
-        fp = n_pred - tp
-        dist = np.concatenate([truth_distances(truth, pred, stats, matched, voxel_size, cap),
-                               np.full(fp, cap, dtype=np.float32)])
+        return score_against_ids(pred_ids, truth, n_true, voxel_size, cap, block, Path(tmp))
+
+
+def score_against_ids(pred_ids: Any, truth: ScratchArray, n_true: int,
+                      voxel_size: tuple[float, ...], cap: float, block: int, tmp: Path
+                      ) -> InstanceScore:
+    """The score against truth instances already numbered 1..n_true in `truth`: the
+    prediction's components relabelled (a scratch copy in `tmp`), the guards, the matching,
+    the distances and their normalisation."""
+    shape = tuple(truth.shape)
+    pred, n_pred = relabel_components(pred_ids, ScratchArray(tmp / "pred.npy", shape,
+                                                             np.uint32), block)
+    skipped = InstanceScore(0, 0, 0, n_pred, n_true, 0.0, 0, cap)
+    reason = guard_reason(n_true, n_pred)
+    if reason:
+        return replace(skipped, guard=reason)
+    stats = block_stats(truth, pred, n_true, n_pred, block)
+    if stats.pairs.rows.size > MAX_OVERLAP_EDGES:
+        reason = f"{SKIPPED}: {stats.pairs.rows.size} overlapping pairs > {MAX_OVERLAP_EDGES}"
+        return replace(skipped, guard=reason)
+    matched = match(stats.pairs, n_true, n_pred)
+    tp = int(np.count_nonzero(matched))
+    fp = n_pred - tp
+    dist = np.concatenate([truth_distances(truth, pred, stats, matched, voxel_size, cap),
+                           np.full(fp, cap, dtype=np.float32)])
     norm = normalise(dist, voxel_size)
     return InstanceScore(tp, fp, n_true - tp, n_pred, n_true, float(norm.sum()), int(norm.size),
                          cap)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +56,7 @@ from cellmapseg.data.ngff import Level, describe, finest, is_multiscale
 from cellmapseg.data.resample import MAX_VOLUME_RATIO
 from cellmapseg.data.zarr_crops import Annotation, crop_class_names, open_dataset, read_annotation
 from cellmapseg.errors import InputError
-from cellmapseg.evaluate.instance import (
-    MAX_OVERLAP_EDGES,
-    SKIPPED,
-    InstanceScore,
-    block_stats,
-    guard_reason,
-    match,
-    max_distance,
-    normalise,
-    relabel_components,
-    truth_distances,
-)
+from cellmapseg.evaluate.instance import InstanceScore, max_distance, score_against_ids
 
 GRID_TOL = 0.01  # voxels: the challenge's metadata rounds coordinates to 0.01 nm
 VOXEL_RTOL = 1e-3
@@ -341,27 +330,8 @@ def truth_ids(cls: ClassTruth, out: Path, block: int) -> tuple[ScratchArray, int
 def score_truth_ids(pred_ids: Any, truth: ScratchArray, n_true: int,
                     voxel_size: Sequence[float], block: int, scratch: Path) -> InstanceScore:
     """instance.score_instances with the truth's own instance ids (1..n_true in `truth`)
-    instead of the components of a truth mask: the same relabelling of the prediction,
-    guards, matching, distances and pooling."""
-    shape = tuple(truth.shape)
+    instead of the components of a truth mask."""
     voxel_size = tuple(float(v) for v in voxel_size)
-    cap = max_distance(voxel_size, shape)
+    cap = max_distance(voxel_size, tuple(truth.shape))
     with tempfile.TemporaryDirectory(prefix=".instances-", dir=scratch) as tmp:
-        pred, n_pred = relabel_components(pred_ids, ScratchArray(Path(tmp) / "pred.npy", shape,
-                                                                 np.uint32), block)
-        skipped = InstanceScore(0, 0, 0, n_pred, n_true, 0.0, 0, cap)
-        reason = guard_reason(n_true, n_pred)
-        if reason:
-            return replace(skipped, guard=reason)
-        stats = block_stats(truth, pred, n_true, n_pred, block)
-        if stats.pairs.rows.size > MAX_OVERLAP_EDGES:
-            reason = f"{SKIPPED}: {stats.pairs.rows.size} overlapping pairs > {MAX_OVERLAP_EDGES}"
-            return replace(skipped, guard=reason)
-        matched = match(stats.pairs, n_true, n_pred)
-        tp = int(np.count_nonzero(matched))
-        fp = n_pred - tp
-        dist = np.concatenate([truth_distances(truth, pred, stats, matched, voxel_size, cap),
-                               np.full(fp, cap, dtype=np.float32)])
-    norm = normalise(dist, voxel_size)
-    return InstanceScore(tp, fp, n_true - tp, n_pred, n_true, float(norm.sum()), int(norm.size),
-                         cap)
+        return score_against_ids(pred_ids, truth, n_true, voxel_size, cap, block, Path(tmp))
