@@ -8,7 +8,8 @@ it counts the file pages it maps) and its peak anonymous memory (RssAnon, sample
 what it holds beyond the page cache). Sizes are voxels at the 8 nm training level; the crop's
 labels are 8x that many at 4 nm. Ratios between sizes show what grows with the crop.
 
-    python benchmarks/zarr_route.py --sizes 16M,128M [--json F] [--workdir DIR]
+    python benchmarks/zarr_route.py --sizes 16M,128M [--stages convert,pack] [--json F]
+        [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -136,9 +137,10 @@ pack(root / "pred.zarr", rows, cfg.classes, root / "submission.zip")
 """
 
 
-def make_prediction(root: Path, info: dict[str, Any]) -> None:
+def make_prediction(root: Path, info: dict[str, Any], target_nm: float = 4.0) -> None:
     """An 8 nm prediction store of the crop's box plus one voxel of context (every class of the
-    default ontology's `mito` group), and a test manifest asking for mito_lum and mito at 4 nm."""
+    default ontology's `mito` group), and a test manifest asking for mito_lum and mito on the
+    crop's box at `target_nm` (first voxel centre half a voxel inside the box)."""
     shape = tuple(c + 2 for c in info["crop_8nm"])
     t8 = tuple(2.0 + 8.0 * 7 for _ in range(3))  # EM s1 voxel 7: one before the crop's
     store = zarr.open_group(root / "pred.zarr", mode="w", zarr_format=2)
@@ -149,8 +151,12 @@ def make_prediction(root: Path, info: dict[str, Any]) -> None:
         arr.attrs.update({"voxel_size": list(TRAIN), "translation": list(t8)})
         _fill(arr, lambda a, b: _lumen(2 * a, 2 * b, tuple(2 * s for s in shape))[::2, ::2, ::2]
               .astype(np.uint8))
-    rows = [f"1,{DATASET},{name},[4.0;4.0;4.0],[{';'.join(map(str, info['translation']))}],"
-            f"[{';'.join(map(str, info['crop_4nm']))}]" for name in ("mito_lum", "mito")]
+    k = 4.0 / target_nm
+    edge = [t - 2.0 for t in info["translation"]]  # the box's low corner
+    tr = ";".join(str(e + target_nm / 2) for e in edge)
+    shape = ";".join(str(round(n * k)) for n in info["crop_4nm"])
+    rows = [f"1,{DATASET},{name},[{target_nm};{target_nm};{target_nm}],[{tr}],[{shape}]"
+            for name in ("mito_lum", "mito")]
     (root / "test.csv").write_text("crop_name,dataset,class_label,voxel_size,translation,shape\n"
                                    + "\n".join(rows) + "\n")
 
@@ -189,17 +195,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="16M,128M")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--stages", default="convert,pack", help="which of convert,pack to run")
+    ap.add_argument("--target-nm", type=float, default=4.0, help="test crop voxel size (pack)")
     args = ap.parse_args()
     results = []
     for text in args.sizes.split(","):
         root = Path(tempfile.mkdtemp(prefix="zarr-route-", dir=args.workdir))
         try:
             info = make_dataset(root, voxels(text))
-            make_prediction(root, info)
+            make_prediction(root, info, args.target_nm)
             # ru_maxrss is the maximum over all children so far: run each stage in a fresh
             # interpreter that reports its own (python -c ... prints nothing, so wrap)
-            row = {"size": text, "crop_8nm": info["crop_8nm"], "crop_4nm": info["crop_4nm"],
-                   "convert": run_fresh(CONVERT, root), "pack": run_fresh(PACK, root)}
+            row: dict[str, Any] = {"size": text, "crop_8nm": info["crop_8nm"],
+                                   "crop_4nm": info["crop_4nm"], "target_nm": args.target_nm}
+            for stage in args.stages.split(","):
+                row[stage] = run_fresh({"convert": CONVERT, "pack": PACK}[stage], root)
             print(json.dumps(row), flush=True)
             results.append(row)
         finally:
