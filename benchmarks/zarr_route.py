@@ -1,5 +1,7 @@
 """The Zarr route's own costs at scale: one challenge crop read from the Zarr layout and converted
-(cellmapseg.data.convert: EM cut, labels 4 -> 8 nm by the thin-class rule, NIfTI written), and
+(cellmapseg.data.convert: EM cut, labels 4 -> 8 nm by the thin-class rule, NIfTI written), the
+same crop referenced, scanned by the inventory and written into the training store straight
+from the Zarr (no copy), and
 one test crop predicted at 8 nm packed onto a 4 nm ground-truth grid (cellmapseg.submit.pack,
 exact placement), each in a process of its own.
 
@@ -8,7 +10,7 @@ it counts the file pages it maps) and its peak anonymous memory (RssAnon, sample
 what it holds beyond the page cache). Sizes are voxels at the 8 nm training level; the crop's
 labels are 8x that many at 4 nm. Ratios between sizes show what grows with the crop.
 
-    python benchmarks/zarr_route.py --sizes 16M,128M [--stages convert,pack] [--json F]
+    python benchmarks/zarr_route.py --sizes 16M,128M [--stages convert,store,pack] [--json F]
         [--workdir DIR]
 """
 
@@ -122,6 +124,23 @@ convert(root, root / "train.csv", from_dict({}).classes, (8.0, 8.0, 8.0),
         root / "out" / "datalist.json", [1])
 """
 
+# The Zarr route without a copy: references, the inventory's scan and the training store read
+# the crop straight from the Zarr (one process: its peak is the largest of the three).
+STORE = """
+import sys
+from pathlib import Path
+from cellmapseg.config import from_dict
+from cellmapseg.data.convert import convert
+from cellmapseg.data.inventory import read_inventory, write_inventory
+from cellmapseg.data.store import ensure_store
+root = Path(sys.argv[1])
+datalist = convert(root, root / "train.csv", from_dict({}).classes, (8.0, 8.0, 8.0),
+                   root / "refs" / "datalist.json", [1], nifti=False)
+cfg = from_dict({"data": {"datalist": str(datalist)}})
+write_inventory(cfg, root / "inventory.csv")
+ensure_store(root / "store", read_inventory(root / "inventory.csv").to_dict("records"))
+"""
+
 PACK = """
 import sys
 from pathlib import Path
@@ -195,7 +214,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="16M,128M")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--stages", default="convert,pack", help="which of convert,pack to run")
+    ap.add_argument("--stages", default="convert,store,pack",
+                    help="which of convert (NIfTI copy), store (references, inventory and "
+                    "training store read in place), pack to run")
     ap.add_argument("--target-nm", type=float, default=4.0, help="test crop voxel size (pack)")
     args = ap.parse_args()
     results = []
@@ -209,7 +230,8 @@ def main() -> None:
             row: dict[str, Any] = {"size": text, "crop_8nm": info["crop_8nm"],
                                    "crop_4nm": info["crop_4nm"], "target_nm": args.target_nm}
             for stage in args.stages.split(","):
-                row[stage] = run_fresh({"convert": CONVERT, "pack": PACK}[stage], root)
+                row[stage] = run_fresh({"convert": CONVERT, "store": STORE, "pack": PACK}[stage],
+                                      root)
             print(json.dumps(row), flush=True)
             results.append(row)
         finally:

@@ -87,6 +87,22 @@ def test_each_zarr_store_contract_has_one_opening_module():
                       SRC / "submit" / "store.py", SRC / "synthetic" / "zarr_layout.py"]
 
 
+def test_crop_files_are_read_only_through_volume_io():
+    # a reader that went to nibabel or data.nifti directly would not see the Zarr route's
+    # .zcrop references; only the dispatcher, the Zarr reference reader (the header type),
+    # the checks (the header type) and the writers (synthetic data, convert, the probe's copy
+    # of a corner for the spec's own loader) may
+    uses = {p for p in sources()
+            if re.search(r"^\s*(?:from cellmapseg\.data(?:\.nifti)? import .*\bnifti\b|"
+                         r"from cellmapseg\.data\.nifti import|import nibabel)", p.read_text(),
+                         re.M)}
+    allowed = {SRC / "data" / n for n in ("volume_io.py", "zcrop.py", "checks.py", "nifti.py",
+                                          "convert.py")} | {
+        SRC / "synthetic" / "generate.py", SRC / "probe" / "memory.py"}
+    assert uses <= allowed, sorted(str(p.relative_to(ROOT)) for p in uses - allowed)
+    assert SRC / "data" / "volume_io.py" in uses
+
+
 def test_the_challenge_zarr_paths_are_spelled_only_by_challenge_layout():
     for path in sources():
         if path == SRC / "challenge_layout.py":

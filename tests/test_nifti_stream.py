@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cellmapseg.data import nifti
+from cellmapseg.data import nifti, volume_io
 from cellmapseg.errors import InputError
 
 
@@ -63,7 +63,7 @@ def test_a_damaged_gzip_trailer_is_caught_after_the_last_voxel(tmp_path):
 def test_the_predict_stage_image_copy_equals_the_crop(tmp_path):
     image = np.random.default_rng(1).integers(0, 253, (19, 21, 23)).astype(np.float32)
     path = write(tmp_path / "img_0000.nii.gz", image)
-    regions = nifti.stream_to_npy(path, np.dtype(np.uint8), tmp_path / "copy.npy")
+    regions = volume_io.stream_to_npy(path, np.dtype(np.uint8), tmp_path / "copy.npy")
     assert regions.shape == image.shape
     np.testing.assert_array_equal(regions[:, :, :], image.astype(np.uint8))
     np.testing.assert_array_equal(regions[3:9, 2:20, 5:6], image[3:9, 2:20, 5:6])
@@ -72,15 +72,15 @@ def test_the_predict_stage_image_copy_equals_the_crop(tmp_path):
 def test_a_corner_is_read_from_the_first_planes_only(tmp_path):
     image = np.random.default_rng(2).integers(0, 253, (30, 20, 40)).astype(np.float32)
     path = write(tmp_path / "big.nii.gz", image)
-    np.testing.assert_array_equal(nifti.read_corner(path, 8), image[:8, :8, :8])
-    np.testing.assert_array_equal(nifti.read_corner(path, 64), image)
+    np.testing.assert_array_equal(volume_io.read_corner(path, 8), image[:8, :8, :8])
+    np.testing.assert_array_equal(volume_io.read_corner(path, 64), image)
 
 
 def test_axis0_slices_and_counts_are_streamed_from_the_file(tmp_path):
     label = np.random.default_rng(3).integers(0, 15, (13, 17, 19)).astype(np.uint8)
     path = write(tmp_path / "lab.nii.gz", label)
     for index in (0, 6, 12):
-        np.testing.assert_array_equal(nifti.axis0_slice(path, index), label[index])
-    counts = nifti.axis0_counts(path, 256)
+        np.testing.assert_array_equal(volume_io.axis0_slice(path, index), label[index])
+    counts = volume_io.axis0_counts(path, 256)
     want = np.stack([np.bincount(s.ravel(), minlength=256) for s in label])
     np.testing.assert_array_equal(counts, want)

@@ -156,7 +156,8 @@ def test_images_the_training_store_holds_are_read_there_with_the_same_result(tra
             caching=tmp_path / "caching.json")
     sources = [json.loads((tmp_path / f"{x}/manifest.json").read_text())["image_sources"]
                for x in "ab"]
-    assert set(sources[0].values()) == {"nifti"} and set(sources[1].values()) == {"training store"}
+    assert set(sources[0].values()) == {"crop file"}
+    assert set(sources[1].values()) == {"training store"}
     a, b = zarr.open_group(str(tmp_path / "a/p.zarr")), zarr.open_group(str(tmp_path / "b/p.zarr"))
     for crop in a.group_keys():
         for name in ONTOLOGY.names:

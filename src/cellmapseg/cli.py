@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
         "convert": lambda: stages.convert(
             cfg, _given(args.root, "data.zarr.root", z.root),
             _given(args.manifest, "data.zarr.train_manifest", z.train_manifest),
-            args.datalist or Path(cfg.data.datalist)),
+            args.datalist or Path(cfg.data.datalist), nifti=True),
         "predict-test": lambda: stages.predict_test(
             cfg, model, r.train(model).summary, _given(args.root, "data.zarr.root", z.root),
             _given(args.manifest, "data.zarr.test_manifest", z.test_manifest),

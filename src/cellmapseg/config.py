@@ -52,6 +52,7 @@ class ZarrConfig:
     train_manifest: str | None
     test_manifest: str | None
     validation_crops: tuple[int | str, ...]
+    nifti_copy: bool  # NIfTI copies of the crops instead of references read in place
 
     @property
     def enabled(self) -> bool:

@@ -50,17 +50,20 @@ def synthetic_zarr(cfg: Config, root: Path, train_manifest: Path, test_manifest:
              len(summary["datasets"]))
 
 
-def convert(cfg: Config, root: Path, manifest: Path, datalist: Path) -> None:
-    """The crops of a train manifest, read from the challenge's Zarr at data.spacing_nm, as
-    NIfTI crops and a datalist (`datalist`, written last)."""
+def convert(cfg: Config, root: Path, manifest: Path, datalist: Path,
+            nifti: bool | None = None) -> None:
+    """The crops of a train manifest, planned in the challenge's Zarr at data.spacing_nm, as
+    a datalist (`datalist`, written last) of NIfTI copies (`nifti`; default
+    data.zarr.nifti_copy) or of references every stage reads in place (data.zcrop)."""
     from cellmapseg.data.convert import convert as run
 
     config_mod.write_resolved(cfg, resolved_config(datalist))
     held_out = cfg.data.zarr.validation_crops
     if not held_out and cfg.data.synthetic.zarr:  # the generator's own validation split
         held_out = read_json(synthetic_summary(manifest))["validation_crops"]
-    out = run(root, manifest, cfg.classes, cfg.data.spacing_nm, datalist, held_out)
-    log.info("converted the crops of %s: %s", manifest, out)
+    nifti = cfg.data.zarr.nifti_copy if nifti is None else nifti
+    out = run(root, manifest, cfg.classes, cfg.data.spacing_nm, datalist, held_out, nifti)
+    log.info("%s the crops of %s: %s", "converted" if nifti else "referenced", manifest, out)
 
 
 def inventory(cfg: Config, out_csv: Path, workers: int | None = None) -> None:

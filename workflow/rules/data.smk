@@ -1,6 +1,7 @@
 # Stage 1: the data. The synthetic dataset (embedded default) or the user's datalist (NIfTI
-# route), or the challenge's Zarr crops converted to NIfTI at the training voxel size (Zarr
-# route); then the validated inventory every later stage reads.
+# route), or the challenge's Zarr crops at the training voxel size (Zarr route: a datalist of
+# references read in place, or of NIfTI copies); then the validated inventory every later
+# stage reads.
 
 if CFG.data.synthetic.enabled and not CFG.data.synthetic.zarr:
 

@@ -22,8 +22,9 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 
 from cellmapseg.data.datalist import CropEntry, crop_name
-from cellmapseg.data.nifti import NiftiHeader, read_header
+from cellmapseg.data.nifti import NiftiHeader
 from cellmapseg.data.scan import ImageScan, LabelScan, scan_image, scan_label
+from cellmapseg.data.volume_io import read_header
 from cellmapseg.errors import InputError
 
 T = TypeVar("T")

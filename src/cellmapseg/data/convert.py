@@ -25,8 +25,15 @@ import numpy as np
 from cellmapseg.atomic import atomic_path, write_json
 from cellmapseg.blockwise import ScratchArray
 from cellmapseg.classes import Ontology
+from cellmapseg.data import zcrop
 from cellmapseg.data.manifest import ManifestRow, by_crop, read_manifest
-from cellmapseg.data.zarr_crops import CropPlan, plan_crop, read_em_region, read_label
+from cellmapseg.data.zarr_crops import (
+    CropPlan,
+    crop_affine,
+    plan_crop,
+    read_em_region,
+    read_label,
+)
 from cellmapseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,8 +45,11 @@ class Planned:
     plan: CropPlan
     split: str  # "training" or "validation"
 
-    def paths(self, out_dir: Path) -> tuple[Path, Path]:
-        """(image, label) NIfTI paths in the datalist's naming."""
+    def paths(self, out_dir: Path, nifti: bool = True) -> tuple[Path, Path]:
+        """(image, label) paths in the datalist's naming: NIfTI files, or Zarr crop
+        references (data.zcrop)."""
+        if not nifti:
+            return zcrop.ref_paths(out_dir / "crops", self.plan.dataset, self.plan.crop)
         stem = f"{self.plan.dataset}_{self.plan.crop}"
         return out_dir / "images" / f"{stem}_0000.nii.gz", out_dir / "labels" / f"{stem}.nii.gz"
 
@@ -78,13 +88,6 @@ def plan_all(root: str | Path, rows: Sequence[ManifestRow], ontology: Ontology,
     return plans
 
 
-def affine(plan: CropPlan) -> np.ndarray:
-    """Voxel index (array axes) -> world nm, the first voxel's centre at the translation."""
-    out = np.diag([*map(float, plan.geometry.voxel_size), 1.0])
-    out[:3, 3] = plan.geometry.translation
-    return out
-
-
 def _slabs(shape: Sequence[int]) -> list[slice]:
     step = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
     return [slice(z, min(z + step, shape[0])) for z in range(0, shape[0], step)]
@@ -113,18 +116,30 @@ def write_crop(planned: Planned, out_dir: Path, scratch: Path) -> dict[str, str]
     for zs in _slabs(shape):
         box = (slice(plan.box[0].start + zs.start, plan.box[0].start + zs.stop), *plan.box[1:])
         image[zs] = read_em_region(plan.em, box, plan.em_where)
-    _write_nifti(image_path, image, affine(plan))
+    _write_nifti(image_path, image, crop_affine(plan))
     label = ScratchArray(scratch / "label.npy", shape, plan.label_dtype, fortran_order=True)
     read_label(plan, out=label)
-    _write_nifti(label_path, label, affine(plan))
+    _write_nifti(label_path, label, crop_affine(plan))
     return {"image": str(image_path), "label": str(label_path),
+            "annotated_classes": ",".join(map(str, sorted(plan.annotated)))}
+
+
+def write_refs(planned: Planned, out_dir: Path, root: str | Path, voxel_size: Sequence[float],
+               ontology: Ontology) -> dict[str, str]:
+    """The crop's two Zarr crop references (no voxel read); its datalist entry."""
+    plan = planned.plan
+    image, label = zcrop.write_refs(out_dir / "crops", root, plan.dataset, plan.crop,
+                                    voxel_size, ontology)
+    return {"image": str(image), "label": str(label),
             "annotated_classes": ",".join(map(str, sorted(plan.annotated)))}
 
 
 def convert(root: str | Path, manifest: str | Path, ontology: Ontology,
             voxel_size: Sequence[float], datalist: str | Path,
-            validation: Sequence[int | str] = ()) -> Path:
-    """Write images/, labels/ and `datalist` (last) beside it; return the datalist path."""
+            validation: Sequence[int | str] = (), nifti: bool = True) -> Path:
+    """Write `datalist` (last) and, beside it, images/ and labels/ (NIfTI copies), or with
+    `nifti=False` crops/ (references: every stage then reads the Zarr in place); return the
+    datalist path."""
     datalist = Path(datalist).resolve()
     out_dir = datalist.parent
     plans = plan_all(root, read_manifest(manifest), ontology, voxel_size, validation)
@@ -134,7 +149,11 @@ def convert(root: str | Path, manifest: str | Path, ontology: Ontology,
     written: list[Path] = []
     try:
         for planned in plans:
-            written += planned.paths(out_dir)
+            written += planned.paths(out_dir, nifti)
+            if not nifti:
+                entries[planned.split].append(
+                    write_refs(planned, out_dir, root, voxel_size, ontology))
+                continue
             with tempfile.TemporaryDirectory(prefix=".convert-", dir=out_dir) as tmp:
                 entries[planned.split].append(write_crop(planned, out_dir, Path(tmp)))
             for name, why in planned.plan.skipped:

@@ -20,7 +20,8 @@ from cellmapseg.errors import InputError
 
 SPLITS: tuple[str, ...] = ("training", "validation")
 REQUIRED_FIELDS: tuple[str, ...] = ("image", "label", "annotated_classes")
-IMAGE_SUFFIXES: tuple[str, ...] = ("_0000.nii.gz", "_0000.nii", ".nii.gz", ".nii")
+IMAGE_SUFFIXES: tuple[str, ...] = ("_0000.nii.gz", "_0000.nii", ".nii.gz", ".nii",
+                                   "_0000.zcrop")  # the last: data.zcrop references
 _INT = re.compile(r"[+-]?\d+")
 
 

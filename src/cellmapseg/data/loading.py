@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cellmapseg.data import nifti
+from cellmapseg.data import volume_io
 from cellmapseg.data.compact import to_compact_image, to_compact_label
 from cellmapseg.data.datalist import CropEntry, parse_annotated_classes
 from cellmapseg.data.volumes import Volume
@@ -34,8 +34,9 @@ def row_mask(row: Mapping[str, Any]) -> np.ndarray:
 
 def load_volume(row: Mapping[str, Any]) -> Volume:
     """Read one crop named by an inventory row (image, label, compact dtype, mean, std)."""
-    image = to_compact_image(nifti.load_array(row["image"]), np.dtype(row["compact_image_dtype"]))
-    label = to_compact_label(nifti.load_array(row["label"]))
+    image = to_compact_image(volume_io.load_array(row["image"]),
+                             np.dtype(row["compact_image_dtype"]))
+    label = to_compact_label(volume_io.load_array(row["label"]))
     return Volume(
         name=str(row["crop"]),
         image=image,
@@ -48,8 +49,8 @@ def load_volume(row: Mapping[str, Any]) -> Volume:
 
 def volume_from_entry(entry: CropEntry, channels: int) -> Volume:
     """Read a crop straight from its datalist entry (statistics computed here)."""
-    image = to_compact_image(nifti.load_array(entry.image))
-    label = to_compact_label(nifti.load_array(entry.label))
+    image = to_compact_image(volume_io.load_array(entry.image))
+    label = to_compact_label(volume_io.load_array(entry.label))
     return Volume(
         name=entry.name, image=image, label=label,
         annotation_mask=entry.annotation_mask(channels),

@@ -1,6 +1,7 @@
-"""One streamed pass over a crop's image and label (data.nifti.stream_voxels): the checks that
-need the voxels and the inventory's statistics, gathered chunk by chunk, so memory is bounded
-by a chunk whatever the crop's size and each file is decompressed once."""
+"""One streamed pass over a crop's image and label (data.volume_io.stream_voxels: a NIfTI file
+or a Zarr crop reference): the checks that need the voxels and the inventory's statistics,
+gathered chunk by chunk, so memory is bounded by a chunk whatever the crop's size and each
+file is read once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellmapseg.data.nifti import stream_voxels
+from cellmapseg.data.volume_io import stream_voxels
 
 
 @dataclass

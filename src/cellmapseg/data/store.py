@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cellmapseg.atomic import write_json
-from cellmapseg.data import nifti
+from cellmapseg.data import volume_io
 from cellmapseg.data.loading import mask_from_string, row_channels, row_mask
 from cellmapseg.data.volumes import Volume
 from cellmapseg.errors import InputError
@@ -223,7 +223,7 @@ def _write_crop(fd: int, row: Mapping[str, Any], entry: Mapping[str, Any]) -> No
     for key, dtype, offset in (("image", np.dtype(entry["image_dtype"]), entry["image_offset"]),
                                ("label", np.dtype(np.uint8), entry["label_offset"])):
         written = 0
-        for chunk in nifti.stream_voxels(row[key]):
+        for chunk in volume_io.stream_voxels(row[key]):
             data = np.ascontiguousarray(chunk.astype(dtype, copy=False))
             os.pwrite(fd, memoryview(data), offset + written * dtype.itemsize)
             written += data.size

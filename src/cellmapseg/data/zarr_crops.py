@@ -484,23 +484,46 @@ def combine(p: np.ndarray, thin: np.ndarray, values: Sequence[int],
     return np.where(has_thin | wins, lut[idx], 0).astype(dtype)
 
 
+def label_region(sources: Sequence[ClassSource], lo: Sequence[int], hi: Sequence[int],
+                 seen: Mapping[str, ValueCounts], block: int = BLOCK,
+                 dtype: np.dtype | type = np.uint8) -> np.ndarray:
+    """Training label voxels lo:hi, block by block (each block's voxels depend on its own
+    window only, so any tiling gives the same label); absent/unknown source voxels are added
+    to `seen` as read (a repeated voxel once per copy: `settle_counts` divides at the end)."""
+    lo_, hi_ = np.asarray(lo, int), np.asarray(hi, int)
+    out = np.zeros(tuple(hi_ - lo_), dtype)
+    values = [s.value for s in sources]
+    for a, b in _blocks(tuple(hi_ - lo_), block):
+        parts = [_class_block(s, lo_ + a, lo_ + b, seen[s.name]) for s in sources]
+        p = np.stack([q for q, _ in parts]) if parts else np.zeros((0, *(b - a)))
+        thin = np.stack([t for _, t in parts]) if parts else np.zeros(p.shape, bool)
+        out[_box(a, b)] = combine(p, thin, values, dtype)
+    return out
+
+
+def new_counts(sources: Sequence[ClassSource]) -> dict[str, ValueCounts]:
+    return {s.name: ValueCounts() for s in sources}
+
+
+def settle_counts(sources: Sequence[ClassSource], seen: dict[str, ValueCounts]
+                  ) -> dict[str, ValueCounts]:
+    """Counts of each source voxel once, from counts of its repeated copies."""
+    for s in sources:
+        copies = math.prod(s.up)
+        seen[s.name] = ValueCounts(seen[s.name].absent // copies, seen[s.name].unknown // copies)
+    return seen
+
+
 def grid_label(sources: Sequence[ClassSource], shape: Sequence[int], block: int = BLOCK,
                out: Any = None, dtype: np.dtype | type = np.uint8
                ) -> tuple[Any, dict[str, ValueCounts]]:
     """The training label of `shape` (block by block into `out`, a new array by default) and,
     per class, the absent/unknown voxels seen in its source (for checking against metadata)."""
     out = np.zeros(tuple(shape), dtype) if out is None else out
-    seen = {s.name: ValueCounts() for s in sources}
-    values = [s.value for s in sources]
+    seen = new_counts(sources)
     for lo, hi in _blocks(shape, block):
-        parts = [_class_block(s, lo, hi, seen[s.name]) for s in sources]
-        p = np.stack([q for q, _ in parts]) if parts else np.zeros((0, *(hi - lo)))
-        thin = np.stack([t for _, t in parts]) if parts else np.zeros(p.shape, bool)
-        out[_box(lo, hi)] = combine(p, thin, values, dtype)
-    for s in sources:  # repeated voxels were counted once per copy
-        copies = math.prod(s.up)
-        seen[s.name] = ValueCounts(seen[s.name].absent // copies, seen[s.name].unknown // copies)
-    return out, seen
+        out[_box(lo, hi)] = label_region(sources, lo, hi, seen, block, dtype)
+    return out, settle_counts(sources, seen)
 
 
 # ------------------------------------------------------------------------------ the crop
@@ -646,6 +669,13 @@ def _others(crop: zarr.Group, names: Sequence[str], where: str) -> list[_Held]:
     raise InputError(f"{where}: the crop holds no class group (OME-NGFF multiscale)")
 
 
+def crop_affine(plan: CropPlan) -> np.ndarray:
+    """Voxel index (array axes) -> world nm, the first voxel's centre at the translation."""
+    out = np.diag([*map(float, plan.geometry.voxel_size), 1.0])
+    out[:3, 3] = plan.geometry.translation
+    return out
+
+
 def read_image(plan: CropPlan) -> np.ndarray:
     return read_em_region(plan.em, plan.box, plan.em_where)
 
@@ -657,9 +687,14 @@ def read_label(plan: CropPlan, block: int = BLOCK, out: Any = None,
     InputError naming its array."""
     label, seen = grid_label(plan.sources, plan.geometry.shape, block, out, plan.label_dtype)
     if verify:
-        for src in plan.sources:
-            _verify(src, plan.counts.get(src.name, {}), seen[src.name])
+        verify_counts(plan, seen)
     return label
+
+
+def verify_counts(plan: CropPlan, seen: Mapping[str, ValueCounts]) -> None:
+    """InputError naming the array of a class whose voxels disagree with its metadata."""
+    for src in plan.sources:
+        _verify(src, plan.counts.get(src.name, {}), seen[src.name])
 
 
 def _verify(src: ClassSource, counts: Mapping[str, int], seen: ValueCounts) -> None:

@@ -34,8 +34,8 @@ from cellmapseg.classes import Ontology
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import predictions
 from cellmapseg.data.datalist import parse_annotated_classes
-from cellmapseg.data.nifti import read_header, stream_to_npy
 from cellmapseg.data.resample import match_crop_space
+from cellmapseg.data.volume_io import read_header, stream_to_npy
 from cellmapseg.errors import InputError
 from cellmapseg.evaluate import truth as zarr_truth
 from cellmapseg.evaluate.aggregate import summarise

@@ -25,7 +25,7 @@ from cellmapseg.blockwise import label_block, merge
 from cellmapseg.classes import Ontology
 from cellmapseg.config import Config, ModelConfig
 from cellmapseg.data import inventory as inventory_mod
-from cellmapseg.data import nifti, predictions
+from cellmapseg.data import predictions, volume_io
 from cellmapseg.data.caching import from_selection, stored_volume
 from cellmapseg.data.volumes import Volume
 from cellmapseg.errors import InputError
@@ -52,14 +52,15 @@ def load_model(model: ModelConfig, ontology: Ontology, path: Path, device: torch
 def crop_image(row: dict[str, Any], scratch: Path, stored: Volume | None
                ) -> Iterator[tuple[Any, str]]:
     """(image, source) of a crop: the training store's copy when this node holds it (no
-    decompression; its pages are shared with training), else the NIfTI streamed once into a
-    scratch .npy beside the output, removed afterwards."""
+    decompression; its pages are shared with training), else its file (NIfTI or Zarr crop
+    reference) streamed once into a scratch .npy beside the output, removed afterwards."""
     if stored is not None:
         yield stored.image, "training store"
         return
     copy = scratch / f".{row['crop_id']}.npy"
     try:
-        yield nifti.stream_to_npy(row["image"], np.dtype(row["compact_image_dtype"]), copy), "nifti"
+        dtype = np.dtype(row["compact_image_dtype"])
+        yield volume_io.stream_to_npy(row["image"], dtype, copy), "crop file"
     finally:
         copy.unlink(missing_ok=True)
 
@@ -135,7 +136,7 @@ def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.Dat
                 log.info("predicting %s with %s (image from the %s)", row["crop"], model.name,
                          source)
                 # the crop's world origin from its NIfTI (converted crops keep the challenge's)
-                origin = nifti.read_header(row["image"]).translation
+                origin = volume_io.read_header(row["image"]).translation
                 instances[row["crop_id"]] = predict_crop(net, row, image, cfg, model.roi_size,
                                                          root, device, origin)
             sources[row["crop_id"]] = source

@@ -25,7 +25,7 @@ import pandas as pd
 
 from cellmapseg.atomic import write_json
 from cellmapseg.config import Config
-from cellmapseg.data import nifti
+from cellmapseg.data import volume_io
 from cellmapseg.data.caching import is_small
 from cellmapseg.data.inventory import read_inventory
 from cellmapseg.data.store import ensure_store, store_bytes
@@ -132,7 +132,7 @@ def spec_cache_one_crop(row: dict[str, Any], labels: Sequence[int], side: int = 
     with tempfile.TemporaryDirectory(prefix="cellmapseg-spec-") as tmp:
         files = {}
         for key in ("image", "label"):
-            corner = nifti.read_corner(row[key], side)
+            corner = volume_io.read_corner(row[key], side)
             files[key] = str(Path(tmp) / f"{key}.nii.gz")
             nib.save(nib.Nifti1Image(corner, np.eye(4)), files[key])
         voxels = int(corner.size)

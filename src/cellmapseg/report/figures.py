@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 from cellmapseg import layout
 from cellmapseg.atomic import atomic_path
 from cellmapseg.classes import Ontology
-from cellmapseg.data import nifti, predictions
+from cellmapseg.data import predictions, volume_io
 from cellmapseg.data.inventory import CROP_COLUMNS, require_columns
 from cellmapseg.data.loading import mask_from_string
 from cellmapseg.errors import InputError
@@ -483,11 +483,11 @@ def _read_slice(store: zarr.Group, path: Path, row: pd.Series, ontology: Ontolog
                                      shape, ontology.names)
     # Streamed, one slice at a time: counts per slice to choose it, then the slice itself.
     for key in ("label", "image"):
-        header = nifti.read_header(row[key])  # one line for a missing or damaged file
+        header = volume_io.read_header(row[key])  # one line for a missing or damaged file
         if header.shape3d != shape:
             raise InputError(f"{row[key]}: {key} shape {header.shape} != inventory shape "
                              f"{shape}")
-    counts = nifti.axis0_counts(row["label"], 256)
+    counts = volume_io.axis0_counts(row["label"], 256)
     z = _pick_slice(counts[:, [0, *ontology.labels]])  # the ontology's label values only
     text = row["annotated_classes"]
     channels = np.flatnonzero(mask_from_string(
@@ -495,8 +495,8 @@ def _read_slice(store: zarr.Group, path: Path, row: pd.Series, ontology: Ontolog
         ontology.num_channels))
     return CropSlice(
         row=row, z=z, depth=shape[0],
-        image=nifti.axis0_slice(row["image"], z).astype(np.float32),
-        truth=nifti.axis0_slice(row["label"], z).astype(np.uint8),
+        image=volume_io.axis0_slice(row["image"], z).astype(np.float32),
+        truth=volume_io.axis0_slice(row["label"], z).astype(np.uint8),
         preds={name: np.asarray(arr[z]) for name, arr in arrays.items()},  # only slice z
         annotated=ontology.annotated(int(c) for c in channels),
         voxel=arrays[ontology.names[0]].attrs.get("voxel_size"))
