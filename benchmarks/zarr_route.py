@@ -125,7 +125,8 @@ convert(root, root / "train.csv", from_dict({}).classes, (8.0, 8.0, 8.0),
 """
 
 # The Zarr route without a copy: references, the inventory's scan and the training store read
-# the crop straight from the Zarr (one process: its peak is the largest of the three).
+# the crop straight from the Zarr (one process: its peak is the largest of the three), twice
+# (listed as a training and a validation crop).
 STORE = """
 import sys
 from pathlib import Path
@@ -134,8 +135,18 @@ from cellmapseg.data.convert import convert
 from cellmapseg.data.inventory import read_inventory, write_inventory
 from cellmapseg.data.store import ensure_store
 root = Path(sys.argv[1])
+import json, shutil
 datalist = convert(root, root / "train.csv", from_dict({}).classes, (8.0, 8.0, 8.0),
                    root / "refs" / "datalist.json", [1], nifti=False)
+# a datalist needs a training crop too: the same crop again, under another crop name
+listed = json.loads(datalist.read_text())
+entry = dict(listed["validation"][0])
+for key in ("image", "label"):
+    again = entry[key].replace("_crop1", "_crop2")
+    shutil.copy(entry[key], again)
+    entry[key] = again
+listed["training"] = [entry]
+datalist.write_text(json.dumps(listed))
 cfg = from_dict({"data": {"datalist": str(datalist)}})
 write_inventory(cfg, root / "inventory.csv")
 ensure_store(root / "store", read_inventory(root / "inventory.csv").to_dict("records"))

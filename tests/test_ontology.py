@@ -20,7 +20,7 @@ from cellmapseg.data.inventory import write_inventory
 from cellmapseg.errors import ConfigError, InputError
 from cellmapseg.evaluate.aggregate import leaderboard, pool_classes, summarise
 from cellmapseg.evaluate.score import score_table
-from cellmapseg.predict.crops import class_masks
+from cellmapseg.predict.threshold import class_masks
 from cellmapseg.synthetic.generate import generate
 
 CHALLENGE = Path(__file__).resolve().parents[1] / "config" / "classes" / "challenge.yaml"

@@ -314,3 +314,104 @@ def test_console_prints_table_and_report_path(results, capsys, tmp_path):
         f"HTML report: {Path('out/report.html').resolve()}")
     assert report_target(["snakemake", "--report=r.html"]) == "r.html"
     assert report_target(["snakemake", "all"]) is None
+
+
+# --- entries of every kind, intervals and leads ------------------------------------------------
+
+def _eval_rows(ious: list[float], cls: str = "ecs", n: int = 100) -> pd.DataFrame:
+    """eval.csv rows of one semantic class, one crop per IoU (n truth voxels each)."""
+    from cellmapseg.evaluate.score import CSV_COLUMNS, _table
+
+    rows = []
+    for i, v in enumerate(ious):
+        tp = round(n * v)
+        rows.append({**dict.fromkeys(CSV_COLUMNS), "crop": f"c{i}", "crop_id": f"c{i}",
+                     "class": cls, "kind": "semantic", "tp": tp, "fp": 0, "fn": n - tp,
+                     "guard": ""})
+    return _table(rows)
+
+
+def _entry(results: Path, name: str, ious: list[float], kind: str = "model",
+           choices: dict | None = None, seconds: float | None = None):
+    """One entry's eval.csv and eval_summary.json (and a training summary for a model)."""
+    from cellmapseg.evaluate.score import write_outputs
+    from cellmapseg.report.comparison import ModelFiles
+
+    r = Results(results)
+    table = _eval_rows(ious)
+    r.eval_csv(name).parent.mkdir(parents=True, exist_ok=True)
+    write_outputs(table, list(dict.fromkeys(table["crop"])), r.eval_csv(name),
+                  r.eval_summary(name), DEFAULT)
+    if kind == "model":
+        write_train(results, name, 0.5)
+    if choices is not None:
+        r.choices(name).write_text(json.dumps(choices))
+    return ModelFiles(r.train(name).summary if kind == "model" else None, r.eval_summary(name),
+                      r.eval_csv(name), r.choices(name) if choices is not None else None,
+                      seconds, kind, "" if kind == "model" else "a, b (per class)")
+
+
+def _spec(resamples: int = 500):
+    from cellmapseg.report.comparison import Bootstrap
+
+    return Bootstrap(DEFAULT, resamples, 0.95, 7)
+
+
+def test_a_lead_held_on_every_crop_holds_and_a_tie_with_a_twin_does_not(tmp_path):
+    out = Results(tmp_path / "cmp").comparison()
+    better = [0.8, 0.7, 0.9, 0.6, 0.8, 0.7]
+    worse = [v - 0.2 for v in better]
+    models = {"a": _entry(tmp_path, "a", better), "b": _entry(tmp_path, "b", worse)}
+    frame = write_comparison(models, out, _spec())
+    leads = pd.read_csv(out["leads"]).set_index("column")
+    assert leads.at["iou_ecs", "winner"] == "a" and leads.at["iou_ecs", "runner_up"] == "b"
+    assert leads.at["iou_ecs", "holds"] and leads.at["iou_ecs", "diff_lo"] > 0
+    row = frame.set_index("model").loc["a"]
+    assert row["iou_ecs_lo"] <= row["iou_ecs"] <= row["iou_ecs_hi"]
+    assert "| a | **0.750 [" in to_markdown(frame, best_marks(frame))  # no "≈"
+    # an identical twin: zero-width difference, no lead, the best value marked
+    models["twin"] = _entry(tmp_path, "twin", better)
+    frame = write_comparison(models, out, _spec())
+    leads = pd.read_csv(out["leads"]).set_index("column")
+    assert (leads.at["iou_ecs", "diff_lo"], leads.at["iou_ecs", "diff_hi"]) == (0.0, 0.0)
+    assert not leads.at["iou_ecs", "holds"]
+    assert "**0.750≈ [" in to_markdown(frame, best_marks(frame))
+
+
+def test_a_lead_that_swaps_from_crop_to_crop_does_not_hold(tmp_path):
+    out = Results(tmp_path / "cmp").comparison()
+    models = {"a": _entry(tmp_path, "a", [0.9, 0.1, 0.9, 0.2, 0.8, 0.1]),
+              "b": _entry(tmp_path, "b", [0.1, 0.9, 0.2, 0.8, 0.1, 0.85])}
+    frame = write_comparison(models, out, _spec())
+    leads = pd.read_csv(out["leads"]).set_index("column")
+    assert not leads.at["iou_ecs", "holds"] and leads.at["iou_ecs", "diff_lo"] < 0
+    md = to_markdown(frame, best_marks(frame))
+    assert "≈" in md and "paired bootstrap" in md
+
+
+def test_variants_and_ensembles_are_rows_with_what_they_are_built_from(tmp_path):
+    out = Results(tmp_path / "cmp").comparison()
+    choices = {"method": "per_class", "thresholds": "tuned", "final": {"classes": {
+        "ecs": {"member": "a", "threshold": 0.4, "tuned": True},
+        "pm": {"member": "b", "threshold": 0.5, "tuned": False}}}}
+    models = {"a": _entry(tmp_path, "a", [0.5, 0.6], seconds=10.0),
+              "e": _entry(tmp_path, "e", [0.7, 0.6], kind="ensemble", choices=choices,
+                          seconds=25.0)}
+    frame = write_comparison(models, out, _spec()).set_index("model")
+    assert frame.at["e", "status"] == "ok" and frame.at["e", "kind"] == "ensemble"
+    assert pd.isna(frame.at["e", "parameters"])  # nothing trained
+    assert frame.at["e", "choices"] == "ecs: a@0.4; pm: b@0.5 (untuned)"
+    assert frame.at["e", "predict_s"] == 25.0
+    md = Path(out["md"]).read_text()
+    assert "| e | a, b (per class) | ecs: a@0.4; pm: b@0.5 (untuned) |" in md
+    assert "95% interval of a bootstrap over the 2 validation crops (500 draws" in md
+
+
+def test_interval_columns_are_not_taken_for_classes(tmp_path):
+    from cellmapseg.report.comparison import frame_classes
+
+    out = Results(tmp_path / "cmp").comparison()
+    frame = write_comparison({"a": _entry(tmp_path, "a", [0.5, 0.6])}, out, _spec(50))
+    assert "iou_ecs_lo" in frame.columns
+    assert "ecs_lo" not in frame_classes(frame).semantic
+    assert "| Model | ecs | pm |" in Path(out["md"]).read_text()

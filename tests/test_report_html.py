@@ -20,6 +20,8 @@ from matplotlib import image as mpimg
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("CELLMAPSEG_ARTIFACTS", ROOT / "test-artifacts"))
 MODELS = ("segresnet", "swinunetr", "flexunet_resnet34")
+# the embedded default's rows: its models, then its variants and ensembles
+ENTRIES = (*MODELS, "segresnet_tta", "segresnet_tuned", "ensemble_mean", "ensemble_per_class")
 
 # Runs inside the page once React has rendered: what a reader would see, as JSON in the title.
 PROBE_SCRIPT = """<script>
@@ -75,7 +77,7 @@ def test_all_prints_the_comparison_table(embedded_dag):
     out = embedded_dag.stdout + embedded_dag.stderr
     assert "# Model comparison" in out and "HTML report:" in out
     table = pd.read_csv(embedded_dag.workdir / "results" / "comparison.csv")
-    assert list(table["model"]) == list(MODELS) and set(table["status"]) == {"ok"}
+    assert list(table["model"]) == list(ENTRIES) and set(table["status"]) == {"ok"}
     # the leaderboard's view beside the scores over the classes scored, from each summary
     for model, row in table.set_index("model").iterrows():
         summary = json.loads(
@@ -87,9 +89,35 @@ def test_all_prints_the_comparison_table(embedded_dag):
 
 
 @pytest.mark.slow
+def test_ensembles_tta_and_tuned_thresholds_are_rows_with_intervals(embedded_dag):
+    results = embedded_dag.workdir / "results"
+    table = pd.read_csv(results / "comparison.csv").set_index("model")
+    assert table.loc["ensemble_per_class", "kind"] == "ensemble"
+    # the member chosen for each atomic class is shown, one of the three models
+    choices = dict(item.split(": ") for item in table.loc["ensemble_per_class", "choices"]
+                   .split("; "))
+    assert {c.split("@")[0].replace(" (untuned)", "") for c in choices.values()} <= set(MODELS)
+    # TTA costs prediction time: 14 passes against 1
+    assert table.loc["segresnet_tta", "predict_s"] > 2 * table.loc["segresnet", "predict_s"]
+    for col in ("overall", "semantic_mean_iou", "iou_ecs", "nuc_combined"):
+        scored = table[col].notna()
+        assert (table.loc[scored, f"{col}_lo"] <= table.loc[scored, col] + 1e-12).all(), col
+        assert (table.loc[scored, col] <= table.loc[scored, f"{col}_hi"] + 1e-12).all(), col
+    leads = pd.read_csv(results / "comparison_leads.csv")
+    assert set(leads["winner"]) <= set(ENTRIES) and "overall" in set(leads["column"])
+    # cross-fitted: each crop of a tuned row was predicted with another fold's choices
+    choice = json.loads((results / "segresnet_tuned" / "thresholds.json").read_text())
+    for fold in choice["per_fold"]:
+        assert not set(fold["tuned_on"]) & set(fold["scored"])
+    assert "≈" in (results / "comparison.md").read_text()  # 4 crops: some lead cannot hold
+
+
+@pytest.mark.slow
 def test_every_model_has_its_report_figures(embedded_dag):
-    for model in MODELS:
-        for name in ("training_curves.png", "scores.png", "examples.png"):
+    for model in ENTRIES:
+        names = ["scores.png", "examples.png"]
+        names += ["training_curves.png"] if model in MODELS else []
+        for name in names:
             path = embedded_dag.workdir / "results" / model / "report" / name
             assert path.read_bytes()[:4] == b"\x89PNG", path
 
@@ -116,7 +144,7 @@ def test_browser_renders_the_comparison_table_and_figure(report, tmp_path):
     found = re.search(r"<title>RENDERED (.*?)</title>", dom.stdout, re.S)
     assert found, "the page did not render (no RENDERED title): " + dom.stdout[:500]
     seen = json.loads(html.unescape(found.group(1)))
-    assert seen["table_rows"] == list(MODELS)
+    assert seen["table_rows"] == list(ENTRIES)
     assert seen["best_cells"] >= 1
     assert seen["figures"] and all(ok and w > 100 and h > 50 for ok, w, h in seen["figures"])
 

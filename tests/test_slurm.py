@@ -36,6 +36,7 @@ from slurm_cluster import (
     snakemake_command,
 )
 
+from cellmapseg.config import load
 from cellmapseg.data.inventory import validation_crop_ids
 
 pytestmark = pytest.mark.slow
@@ -90,9 +91,14 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
         assert rules.count(rule) == 1, rule
     assert rules.count("train") == len(MODELS)
     crops = validation_crop_ids(dag.workdir / "results/data/inventory.csv")
-    for rule in ("predict_crop", "evaluate_crop"):  # one job per (model, validation crop)
-        assert rules.count(rule) == len(MODELS) * len(crops), rule
+    # one job per (entry, validation crop): networks predict, derived entries are derived from
+    # their kept probabilities, the swept ones are scored at every tuning threshold
+    cfg = load(EMBEDDED_CONFIG)
+    for rule, entries in (("predict_crop", cfg.network_entries), ("evaluate_crop", cfg.entries),
+                          ("derive_crop", cfg.derived_entries), ("sweep_crop", cfg.swept)):
+        assert rules.count(rule) == len(entries) * len(crops), rule
     assert "predict" not in rules and "evaluate" not in rules  # the gathers run locally
+    assert "choose" not in rules
     assert all(r["Account"] == TEST_SITE.account for r in ours)
     # Every other job was a Slurm job (only the local rules ran on the submit host), and
     # nothing is left to do.

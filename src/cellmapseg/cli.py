@@ -63,6 +63,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="crop names or ids (default: validation)")
     s.add_argument("--out", type=Path, default=None,
                    help=f"default: {RESULTS.predictions('{model}')}")
+    s.add_argument("--probabilities", type=Path, default=None,
+                   help="also keep the probabilities in this store (default: not kept)")
+    s = sub.add_parser("sweep", help="score one validation crop's kept probabilities at every "
+                                     "tuning threshold")
+    s.add_argument("--model", required=True, help="a model, TTA variant or mean ensemble")
+    s.add_argument("--crop", required=True)
+    s.add_argument("--inventory", type=Path, default=RESULTS.inventory)
+    s = sub.add_parser("choose", help="a tuned variant's or ensemble's thresholds (and members)"
+                                      " per fold and final, from the sweeps or eval rows")
+    s.add_argument("--model", required=True)
+    s.add_argument("--inventory", type=Path, default=RESULTS.inventory)
+    s = sub.add_parser("derive", help="one validation crop of a tuned variant or ensemble from "
+                                      "its members' kept probabilities")
+    s.add_argument("--model", required=True)
+    s.add_argument("--crop", required=True)
+    s.add_argument("--inventory", type=Path, default=RESULTS.inventory)
+    s = sub.add_parser("derive-test", help="the test crops of a tuned variant or ensemble from "
+                                           "its members' kept test probabilities")
+    s.add_argument("--model", default=None, help="default: submission.model")
     s = sub.add_parser("predict-test", help="predict the crops of a test manifest from their "
                                             "datasets' EM with a model's best checkpoint")
     s.add_argument("--model", default=None, help="default: submission.model")
@@ -109,8 +128,9 @@ def _given(value: Any, key: str, configured: Any) -> Any:
 def _run(args: argparse.Namespace, cfg: Config) -> None:
     r = RESULTS
     model = getattr(args, "model", None)
-    if args.stage in ("predict-test", "submit") and model is None:
+    if args.stage in ("predict-test", "derive-test", "submit") and model is None:
         model = cfg.submission_model
+    crop = getattr(args, "crop", None)
     z = cfg.data.zarr
     runs: dict[str, Callable[[], Any]] = {
         "synthetic": lambda: stages.synthetic(cfg, args.out_dir),
@@ -119,21 +139,38 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
             _given(args.manifest, "data.zarr.train_manifest", z.train_manifest),
             args.datalist or Path(cfg.data.datalist), nifti=True),
         "predict-test": lambda: stages.predict_test(
-            cfg, model, r.train(model).summary, _given(args.root, "data.zarr.root", z.root),
+            cfg, model, r.train(cfg.trained_model(model)).summary,
+            _given(args.root, "data.zarr.root", z.root),
             _given(args.manifest, "data.zarr.test_manifest", z.test_manifest),
             args.out or r.test_predictions(model),
             (args.out.parent / r.test_manifest(model).name) if args.out
-            else r.test_manifest(model)),
+            else r.test_manifest(model), kept=None if args.out else r.test_probabilities(model)),
+        "sweep": lambda: stages.sweep(
+            cfg, model, [r.crop_probabilities(s, crop) for s in cfg.sweep_sources(model)],
+            args.inventory, crop, r.crop_sweep(model, crop)),
+        "choose": lambda: stages.choose(cfg, model, args.inventory,
+                                        _candidates(cfg, model, args.inventory),
+                                        r.choices(model)),
+        "derive": lambda: stages.derive(
+            cfg, model, r.choices(model),
+            [r.crop_probabilities(s, crop) for s in cfg.entry(model).members], args.inventory,
+            crop, r.crop_predictions(model, crop), r.crop_manifest(model, crop)),
+        "derive-test": lambda: stages.derive_test(
+            cfg, model, r.choices(model),
+            [r.test_probabilities(s) for s in cfg.entry(model).members],
+            [r.test_manifest(s) for s in cfg.entry(model).members],
+            r.test_predictions(model), r.test_manifest(model)),
         "inventory": lambda: stages.inventory(cfg, args.out, args.workers),
         "probe": lambda: stages.probe(cfg, args.inventory, args.out),
         "select-caching": lambda: stages.select_caching(cfg, args.memory, args.out),
         "train": lambda: stages.train(cfg, model, args.inventory, args.caching,
                                       args.out or r.train(model).folder, args.threads),
         "predict": lambda: stages.predict(
-            cfg, model, r.train(model).summary, args.inventory,
+            cfg, model, r.train(cfg.trained_model(model)).summary, args.inventory,
             args.out or r.predictions(model),
             (args.out.parent / r.manifest(model).name) if args.out else r.manifest(model),
-            args.crops, r.caching if r.caching.is_file() else None),
+            args.crops, r.caching if r.caching.is_file() else None,
+            kept=args.probabilities),
         "evaluate": lambda: stages.evaluate(
             cfg, r.predictions(model), args.inventory, r.eval_csv(model), r.eval_summary(model),
             args.crops),
@@ -151,9 +188,24 @@ def _run(args: argparse.Namespace, cfg: Config) -> None:
     runs[args.stage]()
 
 
+def _candidates(cfg: Config, model: str, inventory: Path) -> dict[str, list[Path]]:
+    """The workflow's candidate tables of a derived entry (as its `choose` rule lists them)."""
+    from cellmapseg.data.inventory import validation_crop_ids
+
+    crops = validation_crop_ids(inventory)
+    tables = {}
+    for member, (owner, kind) in cfg.candidate_tables(model).items():
+        path = RESULTS.crop_sweep if kind == "sweep" else RESULTS.crop_eval
+        tables[member] = [path(owner, c) for c in crops]
+    return tables
+
+
 def _compare(cfg: Config, results: Results) -> None:
+    entries = list(cfg.entries)
     stages.compare(cfg, [results.train(m).summary for m in cfg.models],
-                   [results.eval_summary(m) for m in cfg.models], results.comparison())
+                   [results.eval_summary(m) for m in entries], results.comparison(),
+                   [results.eval_csv(m) for m in entries], [results.manifest(m) for m in entries],
+                   [results.choices(m) for m in cfg.derived_entries])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,6 +175,69 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TTAConfig:
+    flips: bool
+    rot90: bool
+
+    def __bool__(self) -> bool:
+        return self.flips or self.rot90
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    enabled: bool
+    model: str
+    tta: TTAConfig  # false (no flips, no rot90): not a TTA variant
+    thresholds: str  # "fixed" or "tuned"
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    enabled: bool
+    method: str  # "mean" or "per_class"
+    members: tuple[str, ...]  # [] = every model (resolved by Config.entries)
+    thresholds: str
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    folds: int
+    grid: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    resamples: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A row of the comparison: a trained model, a variant of one, or an ensemble.
+
+    `network` entries (models and TTA variants) run a network and keep its probabilities; the
+    others are derived from kept probabilities (`sources`, network entries) by `method`:
+    "single" (one source), "mean" or "per_class"."""
+
+    name: str
+    kind: str  # "model", "tta", "tuned" or "ensemble"
+    model: str | None  # the trained model whose checkpoint a network entry runs
+    sources: tuple[str, ...]
+    method: str
+    thresholds: str  # "fixed" or "tuned"
+    tta: TTAConfig | None = None
+
+    @property
+    def network(self) -> bool:
+        return self.kind in ("model", "tta")
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The distinct sources, in order: the kept probabilities a derived entry reads."""
+        return tuple(dict.fromkeys(self.sources))
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int
     classes: Ontology
@@ -184,12 +247,81 @@ class Config:
     inference: InferenceConfig
     submission: SubmissionConfig
     models: dict[str, ModelConfig]
+    variants: dict[str, VariantConfig]
+    ensembles: dict[str, EnsembleConfig]
+    tuning: TuningConfig
+    bootstrap: BootstrapConfig
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        """Every row of the comparison in order: models, variants, ensembles (checked on
+        load by `_check_entries`)."""
+        out = {m: Entry(m, "model", m, (m,), "single", "fixed") for m in self.models}
+        for name, v in self.variants.items():
+            if not v.enabled:
+                continue
+            if v.tta:
+                out[name] = Entry(name, "tta", v.model, (name,), "single", "fixed", v.tta)
+            else:
+                out[name] = Entry(name, "tuned", None, (v.model,), "single", "tuned")
+        for name, e in self.ensembles.items():
+            if not e.enabled:
+                continue
+            members = e.members or tuple(self.models)
+            out[name] = Entry(name, "ensemble", None, tuple(members), e.method, e.thresholds)
+        return out
+
+    @property
+    def network_entries(self) -> tuple[str, ...]:
+        """Entries that run a network (models and TTA variants)."""
+        return tuple(n for n, e in self.entries.items() if e.network)
+
+    @property
+    def derived_entries(self) -> tuple[str, ...]:
+        """Entries predicted from kept probabilities (tuned variants and ensembles)."""
+        return tuple(n for n, e in self.entries.items() if not e.network)
+
+    def candidate_tables(self, name: str) -> dict[str, tuple[str, str]]:
+        """What a derived entry's choices are made from: {member: (entry whose per-crop
+        tables hold its candidates, "sweep" or "eval")}; a mean ensemble's averaged
+        probabilities are the member "mean" (combine.choose.MEAN), swept as the ensemble."""
+        e = self.entry(name)
+        if e.method == "mean":
+            return {"mean": (name, "sweep")} if e.thresholds == "tuned" else {}
+        kind = "sweep" if e.thresholds == "tuned" else "eval"
+        return {m: (m, kind) for m in e.members}
+
+    @property
+    def swept(self) -> tuple[str, ...]:
+        """Entries whose validation crops are scored at every threshold of tuning.grid."""
+        out = [owner for n in self.derived_entries
+               for owner, kind in self.candidate_tables(n).values() if kind == "sweep"]
+        return tuple(dict.fromkeys(out))
+
+    def trained_model(self, name: str) -> str:
+        """The trained model under an entry: its own, a variant's, an ensemble's first
+        member's (whose training config holds the label values the report reads)."""
+        e = self.entry(name)
+        return e.model if e.model is not None else self.trained_model(e.members[0])
+
+    def sweep_sources(self, name: str) -> tuple[str, ...]:
+        """The network entries whose kept probabilities a sweep of `name` averages."""
+        e = self.entry(name)
+        return e.members if e.kind == "ensemble" else (name,)
+
+    def entry(self, name: str) -> Entry:
+        entries = self.entries
+        if name not in entries:
+            known = ", ".join(entries) or "none"
+            raise ConfigError(f"config: unknown model, variant or ensemble '{name}' "
+                              f"(configured: {known})")
+        return entries[name]
 
     @property
     def submission_model(self) -> str:
         """The model whose test-crop predictions are submitted."""
         if self.submission.model is not None:
-            self.model(self.submission.model)  # a known model, or one line naming the key
+            self.entry(self.submission.model)  # a known entry, or one line naming the key
             return self.submission.model
         if not self.models:
             raise ConfigError("config: key 'submission.model': no models are configured")
@@ -311,7 +443,8 @@ def _build(cls: type, value: Any) -> Any:
         if isinstance(value, list):
             return tuple(value)
         if isinstance(value, dict):
-            return dict(value)
+            inner = [t for t in typing.get_args(cls) if dataclasses.is_dataclass(t)]
+            return _build(inner[0], value) if inner else dict(value)
         return value
     return value
 
@@ -320,6 +453,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, validate(raw))
     _check_lengths(cfg)
     _check_route(cfg.data)
+    _check_entries(cfg)
     return _resolve_datalist(cfg)
 
 
@@ -346,6 +480,44 @@ def _check_route(data: DataConfig) -> None:
     if syn.enabled and syn.layout == "nifti" and z.enabled:
         raise ConfigError("config: key 'data.zarr.root' is set but data.synthetic writes NIfTI; "
                           "set data.synthetic.layout to zarr or data.synthetic.enabled to false")
+
+
+def _check_entries(cfg: Config) -> None:
+    """Variants and ensembles name what they are built from; every row has a name of its own;
+    one line per problem."""
+    lines = [f"config: key '{section}.{name}': the name is already a model"
+             for section in ("variants", "ensembles") for name in getattr(cfg, section)
+             if name in cfg.models]
+    lines += [f"config: key 'ensembles.{name}': the name is already a variant"
+              for name in cfg.ensembles if name in cfg.variants]
+    tta = {n for n, v in cfg.variants.items() if v.tta and v.enabled}
+    for name, v in cfg.variants.items():
+        key = f"variants.{name}"
+        if not v.enabled:
+            continue
+        if v.tta and v.thresholds == "tuned":
+            lines.append(f"config: key '{key}': tta and tuned thresholds are two variants: "
+                         f"tune a variant whose model is this one")
+        elif not v.tta and v.thresholds == "fixed":
+            lines.append(f"config: key '{key}': set tta or thresholds: tuned (as it is, it "
+                         f"is model {v.model})")
+        elif v.tta and v.model not in cfg.models:
+            lines.append(f"config: key '{key}.model': '{v.model}' is not a key of models")
+        elif not v.tta and v.model not in cfg.models and v.model not in tta:
+            lines.append(f"config: key '{key}.model': '{v.model}' is not a key of models or "
+                         f"of a tta variant")
+    for name, e in cfg.ensembles.items():
+        if not e.enabled:
+            continue
+        if "mean" in e.members:
+            lines.append(f"config: key 'ensembles.{name}.members': 'mean' names a mean "
+                         "ensemble's averaged probabilities; rename that model")
+        lines += [f"config: key 'ensembles.{name}.members': '{m}' is not a key of models or "
+                  f"of a tta variant" for m in e.members if m not in cfg.models and m not in tta]
+        if not e.members and not cfg.models:
+            lines.append(f"config: key 'ensembles.{name}.members': no models are configured")
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def _check_lengths(cfg: Config) -> None:

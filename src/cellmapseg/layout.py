@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREDICTIONS_STORE = "predictions.zarr"
+PROBABILITIES_STORE = "probabilities.zarr"
 MODEL_FIGURES = {"curves": "training_curves.png", "scores": "scores.png",
                  "examples": "examples.png"}
 COMPARISON_SUFFIXES = ("csv", "md", "html", "png", "rst")
@@ -125,6 +126,18 @@ class Results:
     def crop_manifest(self, model: str, crop_id: str) -> Path:
         return self.root / model / "predictions" / "crops" / f"{crop_id}.json"
 
+    def crop_probabilities(self, model: str, crop_id: str) -> Path:
+        """One crop's kept probabilities (uint8 per atomic class) of a network's prediction."""
+        return self.root / model / "probabilities" / f"{crop_id}.zarr"
+
+    def crop_sweep(self, model: str, crop_id: str) -> Path:
+        """One crop's scores at every candidate threshold (eval.csv rows + `threshold`)."""
+        return self.root / model / "sweep" / f"{crop_id}.csv"
+
+    def choices(self, model: str) -> Path:
+        """A derived entry's thresholds (and per-class members): per fold and final."""
+        return self.root / model / "thresholds.json"
+
     def crop_eval(self, model: str, crop_id: str) -> Path:
         """One crop's rows of eval.csv (a job of its own)."""
         return self.root / model / "eval" / f"{crop_id}.csv"
@@ -142,6 +155,10 @@ class Results:
     def test_manifest(self, model: str) -> Path:
         return self.root / model / "test_predictions" / "manifest.json"
 
+    def test_probabilities(self, model: str) -> Path:
+        """A network's kept probabilities of the test crops (derived entries combine them)."""
+        return self.root / model / "test_predictions" / PROBABILITIES_STORE
+
     @property
     def submission(self) -> Path:
         """The challenge submission (submission.json beside it: packing and check)."""
@@ -158,8 +175,10 @@ class Results:
         return self.root / "report.html"
 
     def comparison(self) -> dict[str, Path]:
-        """comparison.{csv,md,html,png,rst}."""
-        return {s: self.root / f"comparison.{s}" for s in COMPARISON_SUFFIXES}
+        """comparison.{csv,md,html,png,rst} and comparison_leads.csv (the paired bootstrap of
+        each column's winner against its runner-up)."""
+        return {**{s: self.root / f"comparison.{s}" for s in COMPARISON_SUFFIXES},
+                "leads": self.root / "comparison_leads.csv"}
 
 
 RESULTS = Results()

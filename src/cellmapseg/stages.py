@@ -119,12 +119,24 @@ def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: 
     run_logged(cmd, env, files.log, f"training {model}")
 
 
+def _network(cfg: Config, name: str) -> tuple[Any, Any]:
+    """(the trained model's config, the TTA variant or None) of a network entry `name`."""
+    entry = cfg.entry(name)
+    if not entry.network:
+        raise InputError(f"predict: '{name}' is a {entry.kind} entry, predicted from its "
+                         "members' kept probabilities (derive), not by a network")
+    return cfg.model(entry.model), entry if entry.kind == "tta" else None
+
+
 def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, out: Path,
             manifest: Path, crops: Sequence[str] | None = None,
-            caching: Path | None = None, threads: int | None = None) -> None:
-    """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint;
-    with the `caching` decision, images the training store holds on this node are read there.
-    `threads`: torch's CPU threads, capped by the CPUs this job may use (default: its own)."""
+            caching: Path | None = None, threads: int | None = None,
+            kept: Path | None = None) -> None:
+    """Sliding-window prediction of the validation crops (or `crops`) with the best checkpoint
+    (of a model, or of a TTA variant's model with its transforms); with the `caching`
+    decision, images the training store holds on this node are read there. `threads`:
+    torch's CPU threads, capped by the CPUs this job may use (default: its own). `kept`: a
+    store for the probabilities (what tuning and ensembles read)."""
     import torch
 
     from cellmapseg.atomic import write_json
@@ -136,21 +148,25 @@ def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, o
         from cellmapseg.runtime.torchrun import usable_cpus
 
         torch.set_num_threads(usable_cpus(threads))
-    m = cfg.model(model)
+    m, variant = _network(cfg, model)
     out, train_summary = Path(out), Path(train_summary)
     summary = read_json(train_summary)
     config_mod.write_resolved(cfg, predictions_config(out))
     ckpt = train_summary.parent / summary["checkpoint_best"]
     selection = read_selection(caching) if caching is not None else None
-    result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops, selection)
+    result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops, selection,
+                           Path(kept) if kept else None, variant)
     write_json(manifest, result)
     log.info("predicted %d crop(s) with %s: %s", len(result["crops"]), model, out)
 
 
 def predict_test(cfg: Config, model: str, train_summary: Path, root: Path, manifest: Path,
-                 out: Path, out_manifest: Path, threads: int | None = None) -> None:
+                 out: Path, out_manifest: Path, threads: int | None = None,
+                 kept: Path | None = None) -> None:
     """Predict every crop of a test manifest from its dataset's EM (with the window's
-    context) with the best checkpoint; arrays carry their world voxel size and translation."""
+    context) with the best checkpoint (a model's, or a TTA variant's model with its
+    transforms); arrays carry their world voxel size and translation; `kept`: a store for the
+    probabilities."""
     import torch
 
     from cellmapseg.atomic import write_json
@@ -162,11 +178,12 @@ def predict_test(cfg: Config, model: str, train_summary: Path, root: Path, manif
 
         torch.set_num_threads(usable_cpus(threads))
     rows = read_manifest(manifest)  # before any other work: a bad manifest is one line
+    m, variant = _network(cfg, model)
     out, train_summary = Path(out), Path(train_summary)
     summary = read_json(train_summary)
     config_mod.write_resolved(cfg, predictions_config(out))
-    result = predict_test_crops(cfg, cfg.model(model), train_summary.parent /
-                                summary["checkpoint_best"], root, rows, out)
+    result = predict_test_crops(cfg, m, train_summary.parent / summary["checkpoint_best"],
+                                root, rows, out, Path(kept) if kept else None, variant)
     write_json(out_manifest, {**result, "test_manifest": str(manifest)})
     log.info("predicted %d test crop(s) with %s: %s", len(result["crops"]), model, out)
 
@@ -192,6 +209,83 @@ def _truth(cfg: Config) -> Any:
     from cellmapseg.evaluate.truth import ZarrTruth
 
     return ZarrTruth.read(Path(z.root), Path(z.train_manifest), cfg.submission.placement)
+
+
+def sweep(cfg: Config, name: str, sources: Sequence[Path], inventory_csv: Path, crop: str,
+          out_csv: Path) -> None:
+    """One validation crop scored at every threshold of tuning.grid, from the mean kept
+    probability of `sources` (a network entry's store, or a mean ensemble's members')."""
+    from cellmapseg.combine.sweep import sweep_crop
+
+    config_mod.write_resolved(cfg, resolved_config(out_csv))
+    table = sweep_crop(cfg, [Path(s) for s in sources], Path(inventory_csv), crop,
+                       Path(out_csv), _truth(cfg))
+    log.info("swept %s of %s over %d thresholds: %d rows", crop, name, len(cfg.tuning.grid),
+             len(table))
+
+
+def choose(cfg: Config, name: str, inventory_csv: Path,
+           tables: Mapping[str, Sequence[Path]], out: Path) -> None:
+    """A derived entry's thresholds.json: per fold and final choices from its candidates'
+    per-crop tables ({member: one table per validation crop, inventory order}): sweeps, or,
+    for a per-class ensemble with fixed thresholds, the members' eval rows; none for a mean
+    ensemble with fixed thresholds."""
+    import pandas as pd
+
+    from cellmapseg.atomic import write_json
+    from cellmapseg.combine.choose import (
+        choices,
+        fixed_candidates,
+        sweep_candidates,
+    )
+    from cellmapseg.data.inventory import validation_crop_ids
+    from cellmapseg.evaluate.score import CSV_COLUMNS, read_table
+
+    entry = cfg.entry(name)
+    crops = validation_crop_ids(inventory_csv)
+    fixed = cfg.inference.thresholds(cfg.classes.num_channels)
+    sweeps = entry.thresholds == "tuned"
+    read = {m: pd.concat([read_table(Path(p), ("threshold",) if sweeps else ())
+                          for p in paths], ignore_index=True)
+            for m, paths in tables.items()}
+    if not read:
+        candidates = pd.DataFrame(columns=["member", "threshold", *CSV_COLUMNS])
+    elif sweeps:
+        candidates = sweep_candidates(read)
+    else:
+        candidates = fixed_candidates(read, cfg.classes, fixed)
+    result = choices(entry, crops, cfg.tuning.folds, candidates, cfg.classes, fixed,
+                     cfg.tuning.grid)
+    config_mod.write_resolved(cfg, resolved_config(out))
+    write_json(out, result)
+    log.info("choices of %s (%s, thresholds %s) over %d crops in %d folds: %s", name,
+             entry.method, entry.thresholds, len(crops), cfg.tuning.folds, out)
+
+
+def derive(cfg: Config, name: str, choices: Path, sources: Sequence[Path], inventory_csv: Path,
+           crop: str, out: Path, manifest: Path) -> None:
+    """One validation crop of a derived entry from its members' kept probabilities."""
+    from cellmapseg.atomic import write_json
+    from cellmapseg.combine.derive import derive_crop
+
+    config_mod.write_resolved(cfg, predictions_config(out))
+    result = derive_crop(cfg, cfg.entry(name), read_json(Path(choices)),
+                         [Path(s) for s in sources], Path(inventory_csv), crop, Path(out))
+    write_json(manifest, result)
+
+
+def derive_test(cfg: Config, name: str, choices: Path, sources: Sequence[Path],
+                manifests: Sequence[Path], out: Path, out_manifest: Path) -> None:
+    """The test crops of a derived entry from its members' kept test probabilities, with the
+    final choices (made on every validation crop)."""
+    from cellmapseg.atomic import write_json
+    from cellmapseg.combine.derive import derive_test as run
+
+    config_mod.write_resolved(cfg, predictions_config(out))
+    result = run(cfg, cfg.entry(name), read_json(Path(choices)), [Path(s) for s in sources],
+                 [read_json(Path(m)) for m in manifests], Path(out))
+    write_json(out_manifest, result)
+    log.info("derived %d test crop(s) of %s: %s", len(result["crops"]), name, out)
 
 
 def gather_predictions(crop_stores: Sequence[Path], crop_manifests: Sequence[Path], out: Path,
@@ -272,6 +366,23 @@ def report_model(model: str, metrics: Path, eval_summary: Path, predictions: Pat
     log.info("report for %s: example crops %s", model, ", ".join(shown))
 
 
+def report_entry(name: str, eval_summary: Path, predictions: Path, inventory_csv: Path,
+                 train_summary: Path, out: Mapping[str, Path]) -> None:
+    """A variant's or ensemble's report figures: per-class scores and example slices (the
+    label values from the resolved config beside `train_summary`, a model's under it)."""
+    from cellmapseg.data.inventory import CROP_COLUMNS, read_inventory
+    from cellmapseg.report import figures
+
+    figures.plot_scores(read_json(eval_summary), name, out["scores"])
+    labels_config = TrainFiles(Path(train_summary).parent).config
+    labels = figures.config_labels(labels_config)
+    if labels is None:
+        raise InputError(f"{labels_config}: no label values (classes.atomic) in this config")
+    shown = figures.plot_examples(predictions, read_inventory(inventory_csv, CROP_COLUMNS), name,
+                                  out["examples"], labels=labels)
+    log.info("report for %s: example crops %s", name, ", ".join(shown))
+
+
 def report_probe(memory: Path, caching: Path, out: Mapping[str, Path]) -> None:
     """The memory probe and the caching decision as HTML pages (out["memory"], ["caching"])."""
     from cellmapseg.atomic import write_text
@@ -282,20 +393,75 @@ def report_probe(memory: Path, caching: Path, out: Mapping[str, Path]) -> None:
 
 
 def compare(cfg: Config, train_summaries: Sequence[Path], eval_summaries: Sequence[Path],
-            out: Mapping[str, Path]) -> None:
-    """comparison.{csv,md,html,png,rst}: every configured model, in config order, missing ones
-    marked; `train_summaries` and `eval_summaries` are the models' files in that order."""
-    from cellmapseg.report.comparison import ModelFiles, write_comparison
+            out: Mapping[str, Path], eval_tables: Sequence[Path] | None = None,
+            manifests: Sequence[Path] | None = None,
+            choices: Sequence[Path] | None = None) -> None:
+    """comparison.{csv,md,html,png,rst} and comparison_leads.csv: every entry (models, then
+    variants, then ensembles, in config order), missing ones marked. `train_summaries` are the
+    models' files in config order; `eval_summaries`, `eval_tables` (bootstrap intervals) and
+    `manifests` (prediction time) the entries'; `choices` the tuned variants' and ensembles'
+    thresholds.json, in entry order."""
+    from cellmapseg.report.comparison import Bootstrap, ModelFiles, write_comparison
 
-    models = list(cfg.models)
-    if not (len(models) == len(train_summaries) == len(eval_summaries)):
-        raise ValueError(f"compare: {len(models)} models but {len(train_summaries)} training and "
-                         f"{len(eval_summaries)} evaluation summaries")
-    files = {m: ModelFiles(Path(t), Path(e))
-             for m, t, e in zip(models, train_summaries, eval_summaries, strict=True)}
-    frame = write_comparison(files, out)
-    log.info("comparison of %d models (%d missing) in %s", len(frame),
+    entries = cfg.entries
+    derived = [n for n, e in entries.items() if not e.network]
+    lengths = {"training summaries": (train_summaries, len(cfg.models)),
+               "evaluation summaries": (eval_summaries, len(entries)),
+               "eval tables": (eval_tables, len(entries)),
+               "manifests": (manifests, len(entries)), "choices": (choices, len(derived))}
+    for what, (given, n) in lengths.items():
+        if given is not None and len(given) != n:
+            raise ValueError(f"compare: {len(given)} {what} for {n} entries")
+    trained = dict(zip(cfg.models, train_summaries, strict=True))
+    seconds = _predict_seconds(entries, manifests)
+    chosen = dict(zip(derived, choices, strict=True)) if choices is not None else {}
+    files = {}
+    for i, (name, e) in enumerate(entries.items()):
+        files[name] = ModelFiles(
+            Path(trained[name]) if name in trained else None, Path(eval_summaries[i]),
+            Path(eval_tables[i]) if eval_tables is not None else None,
+            Path(chosen[name]) if name in chosen else None, seconds.get(name), e.kind,
+            _built_from(cfg, name))
+    spec = Bootstrap(cfg.classes, cfg.bootstrap.resamples, cfg.bootstrap.confidence, cfg.seed)
+    frame = write_comparison(files, out, spec)
+    log.info("comparison of %d entries (%d missing) in %s", len(frame),
              int((frame["status"] != "ok").sum()), Path(out["csv"]).parent)
+
+
+def _built_from(cfg: Config, name: str) -> str:
+    e = cfg.entry(name)
+    if e.kind == "model":
+        return ""
+    if e.kind == "tta":
+        t = e.tta
+        passes = "flips" if t.flips else ""
+        passes += (" + rot90" if passes else "rot90") if t.rot90 else ""
+        return f"{e.model} ({passes or 'identity'})"
+    if e.kind == "tuned":
+        return f"{e.members[0]} (tuned thresholds)"
+    how = {"mean": "mean", "per_class": "per class"}[e.method]
+    return f"{', '.join(e.members)} ({how}, {e.thresholds} thresholds)"
+
+
+def _predict_seconds(entries: Mapping[str, Any], manifests: Sequence[Path] | None
+                     ) -> dict[str, float]:
+    """Prediction seconds over the validation crops per entry: its own, plus its members'
+    networks for a derived entry (what it costs to produce from scratch)."""
+    if manifests is None:
+        return {}
+    own = {}
+    for name, path in zip(entries, manifests, strict=True):
+        if Path(path).is_file():
+            own[name] = float(sum(read_json(Path(path)).get("seconds", {}).values()))
+    out = {}
+    for name, e in entries.items():
+        if name not in own:
+            continue
+        if e.network:
+            out[name] = own[name]
+        elif all(m in own for m in e.members):
+            out[name] = own[name] + sum(own[m] for m in e.members)
+    return out
 
 
 def submit(cfg: Config, predictions: Path, manifest: Path, out_zip: Path, out_json: Path) -> None:

@@ -12,10 +12,36 @@ with bad_input_exits():
     CFG = from_dict(config)
     SUBMISSION_MODEL = CFG.submission_model if CFG.data.zarr.test_manifest else None
 
+# The comparison's rows ("entries", results/{model}/ each): trained models, TTA variants
+# (NETWORK: they run a network and keep its probabilities), tuned variants and ensembles
+# (DERIVED: predicted from kept probabilities); SWEPT: scored at every tuning threshold.
+ENTRIES = list(CFG.entries)
+NETWORK = list(CFG.network_entries)
+DERIVED = list(CFG.derived_entries)
+SWEPT = list(CFG.swept)
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly `names` (nothing when there are none)."""
+    return "|".join(names) or "__none__"
+
 
 wildcard_constraints:
-    model="|".join(CFG.models) or "__no_models__",
+    model=one_of(ENTRIES),
     crop=r"[^/]+",
+
+
+def trained_summary(w):
+    """The training summary of the model under an entry (its checkpoint, its config)."""
+    return str(R.train(CFG.trained_model(w.model)).summary)
+
+
+def entry_params(w):
+    """An entry's own config section, so that its jobs rerun when it changes."""
+    for section in ("models", "variants", "ensembles"):
+        if w.model in config.get(section, {}):
+            return {section: config[section][w.model]}
+    return {}
 
 
 def model_item(key, caption, label):
@@ -40,3 +66,12 @@ def validation_crops():
 def each_crop(pattern):
     """An input function: `pattern` (a layout path of model and crop) for every validation crop."""
     return lambda w: [str(pattern(w.model, crop)) for crop in validation_crops()]
+
+
+def candidate_tables(w):
+    """choose's inputs: the inventory and, per member, its per-crop candidate tables."""
+    tables = {}
+    for member, (owner, kind) in CFG.candidate_tables(w.model).items():
+        pattern = R.crop_sweep if kind == "sweep" else R.crop_eval
+        tables[f"table_{member}"] = [str(pattern(owner, c)) for c in validation_crops()]
+    return {"inventory": str(R.inventory), **tables}

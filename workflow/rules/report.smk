@@ -3,6 +3,8 @@
 # (categories are numbered so the report lists the comparison first).
 
 rule model_report:
+    wildcard_constraints:
+        model=one_of(list(CFG.models)),
     input:
         metrics=rules.train.output.metrics,
         summary=rules.evaluate.output.summary,
@@ -18,6 +20,26 @@ rule model_report:
         "../envs/cellmapseg.yaml"
     script:
         "../scripts/model_report.py"
+
+
+# A variant's or an ensemble's page: its scores and example slices (no training of its own).
+rule entry_report:
+    wildcard_constraints:
+        model=one_of([e for e in ENTRIES if e not in CFG.models]),
+    input:
+        summary=rules.evaluate.output.summary,
+        zarr=rules.predict.output.zarr,
+        inventory=rules.inventory.output.csv,
+        trained=trained_summary,  # its training's config holds the label values
+    output:
+        scores=model_item("scores", "scores.rst", "per-class scores"),
+        examples=model_item("examples", "examples.rst", "example slices"),
+    log:
+        str(R.log("model_report", "{model}")),
+    conda:
+        "../envs/cellmapseg.yaml"
+    script:
+        "../scripts/entry_report.py"
 
 
 rule probe_report:
@@ -48,7 +70,10 @@ rule probe_report:
 rule comparison:
     input:
         train=expand(rules.train.output.summary, model=list(CFG.models)),
-        evaluation=expand(rules.evaluate.output.summary, model=list(CFG.models)),
+        evaluation=expand(rules.evaluate.output.summary, model=ENTRIES),
+        tables=expand(rules.evaluate.output.csv, model=ENTRIES),  # bootstrap intervals
+        manifests=expand(rules.predict.output.manifest, model=ENTRIES),  # prediction time
+        choices=expand(rules.choose.output.json, model=DERIVED),
     output:
         csv=report(
             str(R.comparison()["csv"]),
@@ -70,8 +95,16 @@ rule comparison:
             labels={"item": "per-class scores figure"},
         ),
         rst=str(R.comparison()["rst"]),
+        leads=report(
+            str(R.comparison()["leads"]),
+            caption="../report/comparison_leads.rst",
+            category="1. Comparison",
+            labels={"item": "leads (paired bootstrap)"},
+        ),
     params:
         models=list(config["models"]),
+        entries=ENTRIES,
+        bootstrap=config["bootstrap"],
     log:
         str(R.log("comparison")),
     conda:

@@ -5,6 +5,8 @@
 
 
 rule train:
+    wildcard_constraints:
+        model=one_of(list(CFG.models)),
     input:
         inventory=rules.inventory.output.csv,
         caching=rules.select_caching.output.json,

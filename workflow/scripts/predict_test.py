@@ -1,4 +1,4 @@
-# Thin wrapper: predict the test manifest's crops with the best checkpoint.
+# Thin wrapper: predict the test manifest's crops with the best checkpoint, probabilities kept.
 from cellmapseg import stages
 from cellmapseg.runtime.process import bad_input_exits
 from cellmapseg.runtime.snakemake import from_snakemake
@@ -7,4 +7,4 @@ with bad_input_exits():
     stages.predict_test(from_snakemake(snakemake), snakemake.wildcards.model,
                         snakemake.input.summary, snakemake.params.root, snakemake.input.manifest,
                         snakemake.output.zarr, snakemake.output.manifest,
-                        threads=snakemake.threads)
+                        threads=snakemake.threads, kept=snakemake.output.probabilities)

@@ -7,6 +7,13 @@ The one owner of that layout: prediction creates stores through `writing` and `c
 evaluation and the report open them with `open_store` and get checked arrays from
 `crop_arrays`. The workflow predicts each crop into a store of its own (one job per crop) and
 `gather`s them into the model's store, whose crop groups are links to theirs.
+
+Probabilities are kept beside them in a store of the same layout (`{crop_id}/{atomic class}`,
+atomic classes only): sigmoid outputs quantised to uint8 (`quantise`: round(255 p)), so that
+thresholds can be tuned and models ensembled without running a network again. A class mask is
+`above(q, t)` = q > 255 t, one definition for the predict stage and everything derived from kept
+probabilities (at t = 0.5 it is p >= 0.5; elsewhere it moves a voxel only when p lies within
+1/510 of t).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from cellmapseg.errors import InputError
 from cellmapseg.layout import PREDICTIONS_STORE
 
 CHUNK = 64
+PROBABILITY_SCALE = 255  # a kept probability q in 0..255 stands for q / 255
 
 
 def locate(predictions: str | Path) -> Path:
@@ -72,17 +80,68 @@ def gather(out: Path, crop_stores: Mapping[str, Path], attrs: Mapping[str, objec
 
 def create_crop(root: zarr.Group, crop_id: str, shape: tuple[int, ...],
                 spacing: Sequence[float], ontology: Ontology,
-                translation: Sequence[float] = (0.0, 0.0, 0.0)) -> dict[str, zarr.Array]:
-    """Every class array of one crop (atomic classes, then groups), zero-filled; `translation`
-    is the world position (nm) of its first voxel's centre."""
+                translation: Sequence[float] = (0.0, 0.0, 0.0),
+                names: Iterable[str] | None = None) -> dict[str, zarr.Array]:
+    """Every class array of one crop (atomic classes, then groups; or only `names`),
+    zero-filled; `translation` is the world position (nm) of its first voxel's centre."""
     group = root.create_group(crop_id)
     chunks = tuple(min(CHUNK, n) for n in shape)
     arrays = {}
-    for name in ontology.names:
+    for name in ontology.names if names is None else names:
         dtype = np.uint32 if ontology.is_instance(name) else np.uint8
         arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
         arr.attrs.update({"voxel_size": list(map(float, spacing)),
                           "translation": list(map(float, translation))})
+        arrays[name] = arr
+    return arrays
+
+
+def create_probabilities(root: zarr.Group, crop_id: str, shape: tuple[int, ...],
+                         spacing: Sequence[float], ontology: Ontology,
+                         translation: Sequence[float] = (0.0, 0.0, 0.0)
+                         ) -> dict[str, zarr.Array]:
+    """One crop's kept probabilities: a uint8 array per atomic class, zero-filled."""
+    group = root.create_group(crop_id)
+    chunks = tuple(min(CHUNK, n) for n in shape)
+    arrays = {}
+    for name in ontology.atomic:
+        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=np.uint8,
+                                 fill_value=0)
+        arr.attrs.update({"voxel_size": list(map(float, spacing)),
+                          "translation": list(map(float, translation)),
+                          "probability_scale": PROBABILITY_SCALE})
+        arrays[name] = arr
+    return arrays
+
+
+def quantise(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as the kept uint8 values round(255 p)."""
+    return np.rint(np.asarray(probabilities, np.float32) * PROBABILITY_SCALE).astype(np.uint8)
+
+
+def above(q: np.ndarray, threshold: float) -> np.ndarray:
+    """The voxels of kept probabilities `q` (uint8, or a float mean of several) above
+    `threshold`."""
+    return q > PROBABILITY_SCALE * float(threshold)
+
+
+def probability_arrays(store: zarr.Group, path: Path, crop_id: str, ontology: Ontology,
+                       shape: tuple[int, ...] | None = None) -> dict[str, zarr.Array]:
+    """The kept probabilities of one crop, every atomic class checked (present, uint8, one
+    shape, `shape` when given) before any voxel is read; one InputError line names the
+    first problem."""
+    where = f"{path}/{crop_id}"
+    if crop_id not in store or not isinstance(store[crop_id], zarr.Group):
+        raise InputError(f"{where}: crop group missing from the kept probabilities")
+    group, arrays = store[crop_id], {}
+    for name in ontology.atomic:
+        if name not in group or not isinstance(group[name], zarr.Array):
+            raise InputError(f"{where}/{name}: probability array missing")
+        arr = group[name]
+        shape = tuple(arr.shape) if shape is None else shape
+        if arr.dtype != np.uint8 or tuple(arr.shape) != shape:
+            raise InputError(f"{where}/{name}: {arr.dtype} {tuple(arr.shape)} is not a kept "
+                             f"probability of shape {shape} (uint8)")
         arrays[name] = arr
     return arrays
 

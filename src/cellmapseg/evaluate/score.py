@@ -255,8 +255,9 @@ def write_table(table: pd.DataFrame, out_csv: Path) -> None:
         table.to_csv(tmp, index=False)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Rows written by write_table, with the types scoring gave them."""
+def read_table(path: Path, leading: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows written by write_table, with the types scoring gave them; `leading`: numeric
+    columns written before eval.csv's (a threshold sweep's `threshold`)."""
     text = {c: str for c in ("crop", "crop_id", "class", "kind", "guard")}
     try:
         table = pd.read_csv(path, dtype=text, keep_default_na=False,
@@ -265,9 +266,12 @@ def read_table(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: file not found") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise InputError(f"{path}: not a readable score table ({exc})") from exc
-    if list(table.columns) != list(CSV_COLUMNS):
-        raise InputError(f"{path}: columns {list(table.columns)} are not eval.csv's")
-    return _table(table)
+    if list(table.columns) != [*leading, *CSV_COLUMNS]:
+        raise InputError(f"{path}: columns {list(table.columns)} are not "
+                         + (f"{list(leading)} + " if leading else "") + "eval.csv's")
+    if not leading:
+        return _table(table)
+    return pd.concat([table[list(leading)], _table(table[list(CSV_COLUMNS)])], axis=1)
 
 
 def write_outputs(table: pd.DataFrame, crops: Sequence[str], out_csv: Path,

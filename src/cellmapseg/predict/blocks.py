@@ -18,6 +18,7 @@ from monai.data.utils import dense_patch_slices
 
 from cellmapseg.blockwise import Span, spans
 from cellmapseg.config import InferenceConfig
+from cellmapseg.predict.tta import IDENTITY, Transform
 from cellmapseg.predict.window import sliding_window_logits
 
 
@@ -47,7 +48,7 @@ def predict_blocks(
     cfg: InferenceConfig,
     block: Sequence[int],
     device: torch.device,
-    flips: Sequence[tuple[int, ...]] = ((),),
+    transforms: Sequence[Transform] = IDENTITY,
     to_cpu: bool = True,
 ) -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
     """Yield (core slices, logits (C, *core) float32, on the CPU unless not `to_cpu`) for every
@@ -55,23 +56,22 @@ def predict_blocks(
 
     `image` may be a memory map: only one region is read at a time. It is normalised with the
     float32 statistics training uses (data.batch.prepare_batch), so that a block's input equals
-    the training-time input bit for bit. With `flips`, logits are averaged over the flipped
-    inputs (test-time augmentation; () = no flip)."""
+    the training-time input bit for bit. With several `transforms` (predict.tta), logits are
+    averaged over the transformed inputs (test-time augmentation)."""
     mean32, std32 = np.float32(mean), max(np.float32(std), np.float32(1e-6))
     for core in spans(image.shape, block):
         span = [region(c, n, r, cfg.overlap)
                 for c, n, r in zip(core, image.shape, roi, strict=True)]
         x = np.asarray(image[tuple(slice(a, b) for a, b in span)], dtype=np.float32)
         x = torch.from_numpy((x - mean32) / std32)[None, None].to(device)
-        logits = sum(_flipped(predict, x, roi, cfg, f) for f in flips) / len(flips)
+        logits = sum(_transformed(predict, x, roi, cfg, t) for t in transforms) / len(transforms)
         inner = tuple(slice(c0 - a, c1 - a) for (c0, c1), (a, _) in zip(core, span, strict=True))
         out = logits[0][(slice(None), *inner)]
         yield tuple(slice(*c) for c in core), out.cpu() if to_cpu else out
 
 
-def _flipped(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             roi: Sequence[int], cfg: InferenceConfig, axes: tuple[int, ...]) -> torch.Tensor:
-    dims = [a + 2 for a in axes]
-    if not dims:
+def _transformed(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 roi: Sequence[int], cfg: InferenceConfig, t: Transform) -> torch.Tensor:
+    if t == Transform():
         return sliding_window_logits(predict, x, roi, cfg)
-    return sliding_window_logits(predict, x.flip(dims), roi, cfg).flip(dims)
+    return t.invert(sliding_window_logits(predict, t.apply(x), roi, cfg))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,8 @@ import pandas as pd
 import torch
 import zarr
 
-from cellmapseg.blockwise import label_block, merge
 from cellmapseg.classes import Ontology
-from cellmapseg.config import Config, ModelConfig
+from cellmapseg.config import Config, Entry, ModelConfig
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import predictions, volume_io
 from cellmapseg.data.caching import from_selection, stored_volume
@@ -32,10 +32,10 @@ from cellmapseg.errors import InputError
 from cellmapseg.models import checkpoint
 from cellmapseg.models.net import Net
 from cellmapseg.predict.blocks import predict_blocks
-from cellmapseg.predict.window import binarise
+from cellmapseg.predict.threshold import MaskWriter
+from cellmapseg.predict.tta import IDENTITY, SINGLE_FLIPS, Transform, transforms
 
 log = logging.getLogger(__name__)
-FLIPS = ((), (0,), (1,), (2,))
 
 
 def load_model(model: ModelConfig, ontology: Ontology, path: Path, device: torch.device
@@ -67,41 +67,40 @@ def crop_image(row: dict[str, Any], scratch: Path, stored: Volume | None
 
 def predict_crop(net: Net, row: dict[str, Any], image: Any, cfg: Config, roi: Sequence[int],
                  root: zarr.Group, device: torch.device,
-                 translation: Sequence[float] = (0.0, 0.0, 0.0)) -> dict[str, int]:
+                 translation: Sequence[float] = (0.0, 0.0, 0.0),
+                 transforms: Sequence[Transform] | None = None,
+                 kept: zarr.Group | None = None) -> dict[str, int]:
     """Predict one crop's `image` (any array read a region at a time) into `root`, its first
-    voxel's centre at `translation` (nm); return the number of instances per instance
-    class."""
+    voxel's centre at `translation` (nm), averaging over the TTA `transforms` (default: the
+    inference section's); keep each atomic class's probability in `kept` (a probabilities
+    store) when given. Return the number of instances per instance class."""
     if tuple(image.shape) != (int(row["d"]), int(row["h"]), int(row["w"])):
         raise InputError(f"crop {row['crop']}: image shape {image.shape} differs from the "
                          "inventory")
-    ontology = cfg.classes
-    arrays = predictions.create_crop(root, row["crop_id"], image.shape, cfg.data.spacing_nm,
-                                     ontology, translation)
-    counts = {name: 0 for name in ontology.names if ontology.is_instance(name)}
+    ontology, spacing = cfg.classes, cfg.data.spacing_nm
+    arrays = predictions.create_crop(root, row["crop_id"], image.shape, spacing, ontology,
+                                     translation)
+    probs = (predictions.create_probabilities(kept, row["crop_id"], image.shape, spacing,
+                                              ontology, translation)
+             if kept is not None else None)
+    writer = MaskWriter(arrays, ontology, cfg.inference.thresholds(ontology.num_channels))
     block = [cfg.inference.block_size] * 3
-    flips = FLIPS if cfg.inference.tta_flips else ((),)
-    thresholds = cfg.inference.thresholds(ontology.num_channels)
+    transforms = default_transforms(cfg) if transforms is None else transforms
     with torch.no_grad():
         for core, logits in predict_blocks(net.predict, image, float(row["image_mean"]),
                                            float(row["image_std"]), roi, cfg.inference,
-                                           block, device, flips):
-            binary = binarise(logits[None], thresholds)[0].numpy()
-            for name, mask in class_masks(binary, ontology):
-                if name in counts:
-                    arrays[name][core], n = label_block(mask, counts[name])
-                    counts[name] += n
-                else:
-                    arrays[name][core] = mask.astype(np.uint8)
-    return {name: merge(arrays[name], block, counts[name]) for name in counts}
+                                           block, device, transforms):
+            q = predictions.quantise(torch.sigmoid(logits).numpy())
+            if probs is not None:
+                for c, name in enumerate(ontology.atomic):
+                    probs[name][core] = q[c]
+            writer.write(core, q)
+    return writer.finish(block)
 
 
-def class_masks(binary: np.ndarray, ontology: Ontology) -> Iterator[tuple[str, np.ndarray]]:
-    """(class, bool mask) of every class from a block's thresholded atomic channels: an atomic
-    class is its channel, a group the union (OR) of its members' channels."""
-    for name in ontology.names:
-        members = ontology.members(name)
-        yield name, (binary[members[0]] if len(members) == 1
-                     else np.logical_or.reduce(binary[list(members)], axis=0))
+def default_transforms(cfg: Config) -> tuple[Transform, ...]:
+    """The models' own TTA: inference.tta_flips (identity and each axis flipped), else none."""
+    return SINGLE_FLIPS if cfg.inference.tta_flips else IDENTITY
 
 
 def prediction_device(cfg: Config) -> torch.device:
@@ -117,61 +116,90 @@ def prediction_device(cfg: Config) -> torch.device:
     return torch.device("cuda")
 
 
+def entry_transforms(cfg: Config, entry: Entry | None) -> tuple[Transform, ...]:
+    """A TTA variant's transforms (predict.tta), else the models' own."""
+    if entry is None or entry.tta is None:
+        return default_transforms(cfg)
+    return transforms(entry.tta.flips, entry.tta.rot90, cfg.data.spacing_nm)
+
+
 def predict_crops(cfg: Config, model: ModelConfig, ckpt: Path, inventory: pd.DataFrame,
                   out: Path, crops: Sequence[str] | None = None,
-                  selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  selection: Mapping[str, Any] | None = None, kept: Path | None = None,
+                  entry: Entry | None = None) -> dict[str, Any]:
     """Predict the validation crops (or `crops`) into the store `out`; return the manifest.
     With the caching `selection` training used, a crop its store holds on this node is read
-    from there instead of its NIfTI."""
+    from there instead of its NIfTI. `kept`: a store for the probabilities (data.predictions);
+    `entry`: the TTA variant of `model` predicted (its name and transforms)."""
     device = prediction_device(cfg)
     net, info = load_model(model, cfg.classes, ckpt, device)
     rows = inventory_mod.select(inventory, crops, "predict").to_dict("records")
     settings = from_selection(cfg.caching, selection) if selection else None
-    instances, sources = {}, {}
-    with predictions.writing(out) as root:
+    tta = entry_transforms(cfg, entry)
+    instances, sources, seconds = {}, {}, {}
+    with predictions.writing(out) as root, kept_store(kept) as probs:
         for row in rows:
+            start = time.perf_counter()
             stored = (stored_volume(settings.strategy, inventory, settings, str(row["crop"]))
                       if settings else None)
             with crop_image(row, out.parent, stored) as (image, source):
-                log.info("predicting %s with %s (image from the %s)", row["crop"], model.name,
-                         source)
+                log.info("predicting %s with %s (image from the %s, %d TTA pass(es))",
+                         row["crop"], model.name, source, len(tta))
                 # the crop's world origin from its NIfTI (converted crops keep the challenge's)
                 origin = volume_io.read_header(row["image"]).translation
                 instances[row["crop_id"]] = predict_crop(net, row, image, cfg, model.roi_size,
-                                                         root, device, origin)
+                                                         root, device, origin, tta, probs)
             sources[row["crop_id"]] = source
+            seconds[row["crop_id"]] = round(time.perf_counter() - start, 3)
         manifest = {
-            "model": model.name, "checkpoint": str(ckpt), **info, "device": device.type,
+            "model": entry.name if entry else model.name, "network": model.name,
+            "checkpoint": str(ckpt), **info, "device": device.type,
             "crops": [r["crop_id"] for r in rows], "crop_names": [r["crop"] for r in rows],
-            "instances": instances, "image_sources": sources,
+            "instances": instances, "image_sources": sources, "seconds": seconds,
             "thresholds": cfg.inference.thresholds(cfg.classes.num_channels),
-            "classes": cfg.classes.summary(),
-            "tta_flips": cfg.inference.tta_flips, "block_size": cfg.inference.block_size,
-            "voxel_size": list(cfg.data.spacing_nm)}
+            "classes": cfg.classes.summary(), "tta": [t.name for t in tta],
+            "block_size": cfg.inference.block_size, "voxel_size": list(cfg.data.spacing_nm),
+            "probabilities": {r["crop_id"]: str(kept) for r in rows} if kept else {}}
         root.attrs.update(manifest)
     return manifest
 
 
-SHARED_KEYS = ("model", "checkpoint", "epoch", "step", "best_score", "device", "thresholds",
-               "tta_flips", "block_size", "voxel_size", "classes")
+@contextlib.contextmanager
+def kept_store(path: Path | None) -> Iterator[zarr.Group | None]:
+    """The probabilities store `path` written alongside a prediction (None: not kept)."""
+    if path is None:
+        yield None
+        return
+    with predictions.writing(Path(path)) as root:
+        yield root
+
+
+# Keys a manifest holds per crop: merged, not compared.
+LIST_KEYS = ("crops", "crop_names")
+DICT_KEYS = ("instances", "image_sources", "seconds", "probabilities", "folds",
+             "crop_thresholds", "crop_members")
 
 
 def merge_manifests(manifests: Mapping[Path, Mapping[str, Any]]) -> dict[str, Any]:
     """One manifest for crops predicted by separate jobs ({path: manifest}, in crop order), the
     same as one run over every crop would write. Crops predicted with another checkpoint or
-    other settings stop with one line naming the manifest that differs."""
+    other settings (any key that is not per crop) stop with one line naming the manifest that
+    differs."""
     if not manifests:
         raise ValueError("merge_manifests: no manifests")
     (first_path, first), *_ = manifests.items()
     # the per-crop keys emptied in place: the keys stay in the order one run writes them
-    merged = {**first, "crops": [], "crop_names": [], "instances": {}, "image_sources": {}}
+    merged = {**first, **{k: [] for k in LIST_KEYS if k in first},
+              **{k: {} for k in DICT_KEYS if k in first}}
     for path, manifest in manifests.items():
-        for key in SHARED_KEYS:
-            if manifest.get(key) != first[key]:
+        for key in first:
+            if key not in LIST_KEYS + DICT_KEYS and manifest.get(key) != first[key]:
                 raise InputError(f"{path}: '{key}' is {manifest.get(key)!r} but "
                                  f"{first_path} has {first[key]!r}; predict the crops again")
-        merged["crops"] += manifest["crops"]
-        merged["crop_names"] += manifest["crop_names"]
-        merged["instances"].update(manifest["instances"])
-        merged["image_sources"].update(manifest["image_sources"])
+        for key in LIST_KEYS:
+            if key in first:
+                merged[key] += manifest.get(key, [])
+        for key in DICT_KEYS:
+            if key in first:
+                merged[key].update(manifest.get(key, {}))
     return merged

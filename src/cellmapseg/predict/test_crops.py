@@ -22,14 +22,20 @@ from typing import Any
 import numpy as np
 
 from cellmapseg.blockwise import ScratchArray
-from cellmapseg.config import Config, ModelConfig
+from cellmapseg.config import Config, Entry, ModelConfig
 from cellmapseg.data import predictions
 from cellmapseg.data.manifest import ManifestRow, by_crop, region
 from cellmapseg.data.ngff import Level
 from cellmapseg.data.scan import ImageScan
 from cellmapseg.data.zarr_crops import EMLevel, open_dataset, open_em, read_em_region
 from cellmapseg.errors import InputError
-from cellmapseg.predict.crops import load_model, predict_crop, prediction_device
+from cellmapseg.predict.crops import (
+    entry_transforms,
+    kept_store,
+    load_model,
+    predict_crop,
+    prediction_device,
+)
 
 log = logging.getLogger(__name__)
 SLAB_VOXELS = 1 << 24
@@ -113,14 +119,17 @@ def read_image(crop: TestCrop, scratch: Path) -> tuple[ScratchArray, ImageScan]:
 
 
 def predict_test_crops(cfg: Config, model: ModelConfig, ckpt: Path, root: str | Path,
-                       rows: Sequence[ManifestRow], out: Path) -> dict[str, Any]:
-    """Predict every crop of the test manifest `rows` into the store `out`; the manifest."""
+                       rows: Sequence[ManifestRow], out: Path, kept: Path | None = None,
+                       entry: Entry | None = None) -> dict[str, Any]:
+    """Predict every crop of the test manifest `rows` into the store `out` (probabilities into
+    `kept` when given; `entry`: the TTA variant predicted); the manifest."""
     context = [r // 2 for r in model.roi_size]
     crops = locate(root, rows, cfg.data.spacing_nm, context)
     device = prediction_device(cfg)
     net, info = load_model(model, cfg.classes, ckpt, device)
+    tta = entry_transforms(cfg, entry)
     instances, boxes = {}, {}
-    with predictions.writing(out) as store:
+    with predictions.writing(out) as store, kept_store(kept) as probs:
         for crop in crops:
             with tempfile.TemporaryDirectory(prefix=".test-", dir=out.parent) as tmp:
                 image, scan = read_image(crop, Path(tmp) / "image.npy")
@@ -130,17 +139,21 @@ def predict_test_crops(cfg: Config, model: ModelConfig, ckpt: Path, root: str | 
                 log.info("predicting test %s of %s (%s voxels) with %s", crop.crop_id,
                          crop.dataset, "x".join(map(str, crop.shape)), model.name)
                 instances[crop.crop_id] = predict_crop(net, row, image, cfg, model.roi_size,
-                                                       store, device, crop.translation)
+                                                       store, device, crop.translation, tta,
+                                                       probs)
             boxes[crop.crop_id] = {"dataset": crop.dataset, "em": crop.em.where,
                                    "box": [[s.start, s.stop] for s in crop.box],
                                    "translation": list(crop.translation),
                                    "classes": list(crop.classes)}
-        manifest = {"model": model.name, "checkpoint": str(ckpt), **info,
+        manifest = {"model": entry.name if entry else model.name, "network": model.name,
+                    "checkpoint": str(ckpt), **info,
                     "device": device.type, "crops": [c.crop_id for c in crops],
                     "test_crops": boxes, "instances": instances,
                     "thresholds": cfg.inference.thresholds(cfg.classes.num_channels),
-                    "classes": cfg.classes.summary(), "tta_flips": cfg.inference.tta_flips,
+                    "classes": cfg.classes.summary(), "tta": [t.name for t in tta],
                     "block_size": cfg.inference.block_size,
-                    "voxel_size": list(cfg.data.spacing_nm)}
+                    "voxel_size": list(cfg.data.spacing_nm),
+                    "probabilities": ({c.crop_id: str(kept) for c in crops} if kept
+                                      else {})}
         store.attrs.update(manifest)
     return manifest

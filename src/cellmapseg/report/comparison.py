@@ -1,4 +1,6 @@
-"""The cross-model comparison: one row per model config (results/comparison.csv, .md, .html, .png).
+"""The cross-model comparison: one row per entry (results/comparison.csv, .md, .html, .png): each
+trained model, each variant of one (test-time augmentation, tuned thresholds) and each
+ensemble, in config order.
 
 The class columns come from the ontology the models were scored over (eval_summary.json's
 `ontology`; every model of one run shares it): IoU and Dice of each semantic class it predicts,
@@ -6,6 +8,11 @@ F1, normalised Hausdorff and combined score of each instance class it predicts, 
 first, then groups. Beside the scores over the classes scored, the leaderboard's view: the score
 as the challenge computes it over its tested classes (a tested class not predicted scores 0), and
 how many of them the ontology covers.
+
+Uncertainty: with the entries' eval.csv, every score column gets a bootstrap interval over the
+validation crops (`{column}_lo`, `{column}_hi`; evaluate.bootstrap, the same draws for every
+entry), and the winner of each column is compared with its runner-up in a paired bootstrap
+(comparison_leads.csv); a lead whose interval of the difference reaches 0 is marked "≈".
 
 A model whose evaluation is missing stays in the table as `missing`, naming the file it lacks.
 Scores that come only from crops the challenge's instance-count guard skipped (a class whose every
@@ -33,7 +40,15 @@ import numpy as np
 import pandas as pd
 
 from cellmapseg.atomic import atomic_path, write_text
+from cellmapseg.classes import Ontology
 from cellmapseg.errors import InputError
+from cellmapseg.evaluate.bootstrap import (
+    column_scores,
+    intervals,
+    paired_difference,
+    resample_counts,
+)
+from cellmapseg.evaluate.score import read_table
 from cellmapseg.layout import Results
 
 INSTANCE_METRICS = ("f1", "norm_hausdorff", "combined")
@@ -50,7 +65,11 @@ TRAIN_KEYS = ("parameters", "epochs", "steps", "best_epoch", "best_val_dice", "p
               "caching_strategy", "world_size", "device")
 COST_COLUMNS = ("parameters", "epochs", "steps", "best_epoch", "best_val_dice", "train_wall_s",
                 "patches_per_s", "peak_host_rss_gib", "peak_gpu_gib", "caching_strategy",
-                "world_size", "device")
+                "world_size", "device", "predict_s")
+ENTRY_COLUMNS = ("kind", "built_from", "choices")
+NOT_HELD = "≈"  # marks a best value whose lead over the runner-up does not hold
+LEAD_COLUMNS = ("column", "winner", "runner_up", "winner_value", "runner_up_value",
+                "diff_lo", "diff_hi", "p_greater", "holds")
 INT_COLUMNS = ("epochs", "steps", "best_epoch", "world_size", "tested_covered", "n_tested")
 DAGGER = "†"
 NOT_TESTED = " (not a tested class)"  # ends a guard note of a class the leaderboard leaves out
@@ -98,7 +117,7 @@ def classes_of(summaries: Iterable[Mapping[str, Any]]) -> Classes:
 
 def frame_classes(frame: pd.DataFrame) -> Classes:
     """The class columns `build` gave `frame`."""
-    cols = list(frame.columns)
+    cols = [c for c in frame.columns if not c.endswith(("_lo", "_hi"))]  # not intervals
     return Classes(tuple(c[len("iou_"):] for c in cols if c.startswith("iou_")),
                    tuple(c[:-len("_norm_hausdorff")] for c in cols
                          if c.endswith("_norm_hausdorff")))
@@ -162,10 +181,18 @@ def _train_columns(summary: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """What the comparison reads of one model."""
+    """What the comparison reads of one entry: its training summary (None for a variant or an
+    ensemble, which train nothing), its evaluation, and optionally its eval.csv (intervals),
+    its choices (thresholds.json of a tuned variant or ensemble), its prediction time (s, over
+    the validation crops, members' networks included), its kind and what it is built from."""
 
-    train_summary: Path
+    train_summary: Path | None
     eval_summary: Path
+    eval_csv: Path | None = None
+    choices: Path | None = None
+    predict_s: float | None = None
+    kind: str = "model"
+    built_from: str = ""
 
 
 def model_files(results: Results, models: Iterable[str]) -> dict[str, ModelFiles]:
@@ -181,8 +208,21 @@ class _Read:
 
 
 def _read(files: ModelFiles) -> _Read:
-    return _Read(files, _read_json(Path(files.train_summary)),
-                 _read_json(Path(files.eval_summary)))
+    train = None if files.train_summary is None else _read_json(Path(files.train_summary))
+    return _Read(files, train, _read_json(Path(files.eval_summary)))
+
+
+def choice_text(choices: Mapping[str, Any] | None) -> str:
+    """The final per-class choices of a derived entry, compactly: `class: member@threshold`
+    (member only for a per-class ensemble, threshold only when tuned)."""
+    if not choices:
+        return ""
+    per_class, tuned = choices.get("method") == "per_class", choices.get("thresholds") == "tuned"
+    parts = []
+    for name, c in choices["final"]["classes"].items():
+        text = (c["member"] if per_class else "") + (f"@{c['threshold']:g}" if tuned else "")
+        parts.append(f"{name}: {text}" + ("" if c.get("tuned", True) else " (untuned)"))
+    return "; ".join(parts)
 
 
 def model_row(model: str, files: ModelFiles | _Read, k: Classes | None = None
@@ -190,25 +230,31 @@ def model_row(model: str, files: ModelFiles | _Read, k: Classes | None = None
     """One model's row (class columns `k`, default: its own summary's); `status` says `ok` or
     which file is missing."""
     read = files if isinstance(files, _Read) else _read(files)
-    eval_path, train_path = Path(read.files.eval_summary), Path(read.files.train_summary)
-    row: dict[str, Any] = {"model": model}
+    f = read.files
+    eval_path = Path(f.eval_summary)
+    row: dict[str, Any] = {"model": model, "kind": f.kind, "built_from": f.built_from}
     if read.train is not None:
         row.update(_train_columns(read.train))
     if read.evaluation is not None:
         k = k if k is not None else classes_of([read.evaluation])
         row.update(_eval_columns(read.evaluation, eval_path, k))
-    missing = [str(p) for p, d in ((train_path, read.train), (eval_path, read.evaluation))
-               if d is None]
+    row["predict_s"] = f.predict_s
+    row["choices"] = choice_text(_read_json(Path(f.choices)) if f.choices else None)
+    wanted = [(eval_path, read.evaluation)]
+    if f.train_summary is not None:
+        wanted.insert(0, (Path(f.train_summary), read.train))
+    missing = [str(p) for p, d in wanted if d is None]
     row["status"] = "missing: " + ", ".join(missing) if missing else "ok"
     return row
 
 
 def columns(k: Classes) -> list[str]:
     """The comparison's columns, in order, for class columns `k`."""
-    return ["model", "status", *HEADLINE, *LEADERBOARD, *k.instance_columns,
+    return ["model", "status", *ENTRY_COLUMNS[:2], *HEADLINE, *LEADERBOARD,
+            *k.instance_columns,
             *(f"{c}_{s}" for c in k.instance for s in ("crops", "skipped_crops")),
             "guard_note", *k.iou_columns, *k.dice_columns, *COST_COLUMNS, "eval_crops",
-            COVERAGE]
+            COVERAGE, ENTRY_COLUMNS[2]]
 
 
 def build(models: Mapping[str, ModelFiles]) -> pd.DataFrame:
@@ -222,7 +268,7 @@ def build(models: Mapping[str, ModelFiles]) -> pd.DataFrame:
     frame = pd.DataFrame(rows).reindex(columns=columns(k))
     for col in ("tested_covered", "n_tested"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
-    for col in ("guard_note", COVERAGE):  # text, even when no model has any (all empty)
+    for col in ("guard_note", COVERAGE, *ENTRY_COLUMNS):  # text, even when all are empty
         frame[col] = frame[col].astype(object)
     return frame
 
@@ -262,6 +308,77 @@ def _is_number(v: Any) -> bool:  # cells are any scalar
     return isinstance(v, (int, float, np.integer, np.floating)) and not pd.isna(v)
 
 
+# --- uncertainty --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How the intervals are drawn (config `bootstrap`, the run's seed, its ontology)."""
+
+    ontology: Ontology
+    resamples: int
+    confidence: float
+    seed: int
+
+
+def interval_scores(frame: pd.DataFrame, models: Mapping[str, ModelFiles], spec: Bootstrap
+                    ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """(`frame` with each score column's interval as `{column}_lo` / `{column}_hi`, each
+    scored entry's score columns over the same bootstrap draws of the validation crops (the
+    crops of the first entry's eval.csv, in order)). Entries without an eval.csv are left
+    out; an eval.csv of other crops is an error (the draws would not pair)."""
+    tables = {m: read_table(Path(f.eval_csv)) for m, f in models.items()
+              if f.eval_csv is not None and Path(f.eval_csv).is_file()}
+    if not tables or spec.resamples == 0:
+        return frame, {}
+    crops = list(dict.fromkeys(next(iter(tables.values()))["crop"]))
+    for m, table in tables.items():
+        if set(table["crop"]) != set(crops):
+            raise InputError(f"{models[m].eval_csv}: scored on crops "
+                             f"{sorted(set(table['crop']))}, the others on {sorted(crops)}")
+    counts = resample_counts(len(crops), spec.resamples, spec.seed)
+    frame.attrs["bootstrap"] = {"confidence": spec.confidence, "resamples": spec.resamples,
+                                "crops": len(crops)}
+    scores = {m: column_scores(t, crops, spec.ontology, counts) for m, t in tables.items()}
+    bounds = {m: intervals(s, spec.confidence) for m, s in scores.items()}
+    none = (math.nan, math.nan)
+    added = {f"{col}_{end}": [bounds.get(m, {}).get(col, none)[i] for m in frame["model"]]
+             for col in score_columns(frame) for i, end in enumerate(("lo", "hi"))}
+    attrs = dict(frame.attrs)
+    frame = pd.concat([frame, pd.DataFrame(added, index=frame.index)], axis=1)
+    frame.attrs.update(attrs)
+    return frame, scores
+
+
+def leads(frame: pd.DataFrame, marks: dict[str, set[str]],
+          scores: Mapping[str, Mapping[str, np.ndarray]], confidence: float) -> pd.DataFrame:
+    """comparison_leads.csv: for each score column with a winner and a runner-up (the best
+    informative value among the others; a tie makes the other holder the runner-up), the
+    paired-bootstrap interval of winner - runner-up and whether the lead holds (lo > 0).
+    Columns whose lead does not hold are recorded in frame.attrs["not_held"]."""
+    rows, not_held = [], {}
+    for col, winners in marks.items():
+        if not all(col in scores.get(w, {}) for w in winners):
+            continue
+        winner = sorted(winners)[0]
+        others = {m: v for m, v in zip(frame["model"], frame[col], strict=True)
+                  if m != winner and _is_number(v) and not inflated(frame, m, col)
+                  and col in scores.get(m, {})}
+        if not others:
+            continue
+        runner = max(others, key=lambda m: others[m])
+        d = paired_difference(scores[winner], scores[runner], col, confidence)
+        holds = len(winners) == 1 and d["lo"] > 0
+        if not holds:
+            not_held[col] = set(winners)
+        value = frame.loc[frame["model"] == winner, col].iloc[0]
+        rows.append({"column": col, "winner": winner, "runner_up": runner,
+                     "winner_value": value, "runner_up_value": others[runner],
+                     "diff_lo": d["lo"], "diff_hi": d["hi"], "p_greater": d["p_greater"],
+                     "holds": holds})
+    frame.attrs["not_held"] = not_held
+    return pd.DataFrame(rows, columns=list(LEAD_COLUMNS))
+
+
 # --- formatting ---------------------------------------------------------------------------------
 
 def _fmt(col: str, v: Any) -> str:  # one branch per unit
@@ -271,7 +388,7 @@ def _fmt(col: str, v: Any) -> str:  # one branch per unit
         return v
     if col == "parameters":
         return f"{v / 1e6:.2f} M"
-    if col == "train_wall_s":
+    if col in ("train_wall_s", "predict_s"):
         return f"{v / 60:.1f} min" if v >= 120 else f"{v:.0f} s"
     if col.endswith("_gib"):
         return f"{v:.2f} GiB"
@@ -304,19 +421,26 @@ def _cell(frame: pd.DataFrame, i: int, col: str, marks: dict[str, set[str]]
     text = _fmt(col, value)
     if _is_number(value) and inflated(frame, row["model"], col):
         text += DAGGER
-    return text, row["model"] in marks.get(col, set())
+    best = row["model"] in marks.get(col, set())
+    if best and row["model"] in frame.attrs.get("not_held", {}).get(col, ()):
+        text += NOT_HELD
+    lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
+    if _is_number(value) and _is_number(lo) and _is_number(hi):
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text, best
 
 
 COSTS_TABLE = {
     "best_val_dice": "Best val Dice ↑", "parameters": "Parameters",
     "epochs_steps": "Epochs (steps)", "best_epoch": "Best epoch", "train_wall_s": "Train time",
     "patches_per_s": "Patches/s", "peak_host_rss_gib": "Peak host RSS",
-    "peak_gpu_gib": "Peak GPU", "caching_strategy": "Caching",
+    "peak_gpu_gib": "Peak GPU", "caching_strategy": "Caching", "predict_s": "Predict time",
 }
 SUMMARY_TABLE = {
     "model": "Model", "overall": "Overall ↑", "leaderboard_overall": "Leaderboard ↑",
     "semantic_mean_iou": "Semantic mean IoU ↑",
     "instance_mean_combined": "Instance mean combined ↑", **COSTS_TABLE,
+    "built_from": "Built from",
 }
 LEADERBOARD_TABLE = {
     "model": "Model", "leaderboard_overall": "Leaderboard overall ↑",
@@ -347,6 +471,12 @@ def tables(frame: pd.DataFrame) -> tuple[tuple[str, dict[str, str]], ...]:
                     {"model": "Model", **{f"iou_{c}": c for c in k.semantic}}))
         out.append(("Per-class Dice (semantic classes)",
                     {"model": "Model", **{f"dice_{c}": c for c in k.semantic}}))
+    if "choices" in frame and frame["choices"].fillna("").astype(str).str.len().any():
+        out.append(("Choices of the tuned variants and ensembles (final: made on every "
+                    "validation crop, what the submission uses; each row above was scored "
+                    "with choices made on the other folds' crops)",
+                    {"model": "Model", "built_from": "Built from",
+                     "choices": "class: member@threshold"}))
     return tuple(out)
 
 
@@ -369,6 +499,15 @@ def _legend(frame: pd.DataFrame) -> list[str]:
     lines.append("Best value of each score column in bold (↑: higher is better). Scores are the "
                  "CellMap challenge's, on the validation crops' annotated classes; n/a: the "
                  "class is not annotated in any validation crop.")
+    spec = frame.attrs.get("bootstrap")
+    if spec:
+        lines.append(f"[lo, hi]: {spec['confidence']:.0%} interval of a bootstrap over the "
+                     f"{spec['crops']} validation crops ({spec['resamples']} draws, pooled "
+                     f"counts recomputed per draw). {NOT_HELD}: the best value's lead over the "
+                     "runner-up does not hold in a paired bootstrap (the interval of their "
+                     "difference reaches 0; comparison_leads.csv), or it is tied. A class "
+                     "scored on one crop has a zero-width interval: one crop shows no "
+                     "crop-to-crop variation.")
     notes = [(m, n) for m, n in zip(frame["model"], frame["guard_note"].fillna(""), strict=True)
              if n]
     if notes:
@@ -510,13 +649,20 @@ def overview_rst(frame: pd.DataFrame, marks: dict[str, set[str]], figure: Path) 
 
 # --- the stage ----------------------------------------------------------------------------------
 
-def write_comparison(models: Mapping[str, ModelFiles], out: Mapping[str, Path]) -> pd.DataFrame:
-    """Write out["csv"], ["md"], ["html"], ["png"] and ["rst"] (the report's front page);
-    return the frame."""
+def write_comparison(models: Mapping[str, ModelFiles], out: Mapping[str, Path],
+                     bootstrap: Bootstrap | None = None) -> pd.DataFrame:
+    """Write out["csv"], ["md"], ["html"], ["png"], ["rst"] (the report's front page) and,
+    when given, out["leads"] (the paired bootstrap of each column's winner; intervals need
+    `bootstrap` and the entries' eval.csv); return the frame."""
     frame = build(models)
     marks = best_marks(frame)
+    frame, scores = interval_scores(frame, models, bootstrap) if bootstrap else (frame, {})
+    table = leads(frame, marks, scores, bootstrap.confidence if bootstrap else 0.95)
     with atomic_path(out["csv"]) as tmp:
         frame.to_csv(tmp, index=False)
+    if "leads" in out:
+        with atomic_path(out["leads"]) as tmp:
+            table.to_csv(tmp, index=False)
     write_text(out["md"], to_markdown(frame, marks))
     write_text(out["html"], to_html(frame, marks))
     plot(frame, out["png"])
