@@ -404,6 +404,7 @@ def test_variants_and_ensembles_are_rows_with_what_they_are_built_from(tmp_path)
     assert frame.at["e", "predict_s"] == 25.0
     md = Path(out["md"]).read_text()
     assert "| e | a, b (per class) | ecs: a@0.4; pm: b@0.5 (untuned) |" in md
+    assert "| a |  |  |" not in md  # a model has no choices: not a row of that table
     assert "95% interval of a bootstrap over the 2 validation crops (500 draws" in md
 
 

@@ -520,13 +520,21 @@ def _legend(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _shown_rows(frame: pd.DataFrame, table: Mapping[str, str], marks: dict[str, set[str]]
+                ) -> list[int]:
+    """The rows of a table that say something: not those whose every cell but the name is
+    empty (a model in the table of derived entries' choices)."""
+    return [i for i in range(len(frame))
+            if any(_cell(frame, i, col, marks)[0] for col in table if col != "model")]
+
+
 def to_markdown(frame: pd.DataFrame, marks: dict[str, set[str]]) -> str:
     out = ["# Model comparison", ""]
     out += [line + "\n" for line in _legend(frame)]
     for title, table in tables(frame):
         out += [f"## {title}", "", "| " + " | ".join(table.values()) + " |",
                 "|" + "|".join("---" for _ in table) + "|"]
-        for i in range(len(frame)):
+        for i in _shown_rows(frame, table, marks):
             cells = []
             for col in table:
                 text, best = _cell(frame, i, col, marks)
@@ -545,7 +553,7 @@ def html_tables(frame: pd.DataFrame, marks: dict[str, set[str]],
     for title, table in (tables(frame) if which is None else which):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in table.values())
         rows = []
-        for i in range(len(frame)):
+        for i in _shown_rows(frame, table, marks):
             cells = []
             for col in table:
                 text, best = _cell(frame, i, col, marks)
