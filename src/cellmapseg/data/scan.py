@@ -13,6 +13,16 @@ import numpy as np
 
 from cellmapseg.data.volume_io import stream_voxels
 
+# Voxels handled at once inside a chunk: the statistics widen to float64 (the counts to int64),
+# 8 bytes a voxel and a few temporaries, so a 64 MB chunk of uint8 handled whole held 1.1 GB
+# (measured: benchmarks/zarr_route.py --stages store); pieces of 4 M voxels hold ~100 MB.
+PIECE = 1 << 22
+
+
+def _pieces(chunk: np.ndarray) -> list[np.ndarray]:
+    flat = chunk.reshape(-1)
+    return [flat[i:i + PIECE] for i in range(0, flat.size, PIECE)]
+
 
 @dataclass
 class ImageScan:
@@ -31,6 +41,10 @@ class ImageScan:
 
     def add(self, chunk: np.ndarray) -> None:
         self.dtype = chunk.dtype if self.dtype is None else self.dtype
+        for piece in _pieces(chunk):
+            self._add(piece)
+
+    def _add(self, chunk: np.ndarray) -> None:
         if chunk.size == 0:
             return
         if chunk.dtype.kind == "f":
@@ -91,6 +105,10 @@ class LabelScan:
         self._allowed[[0, *self.labels]] = True
 
     def add(self, chunk: np.ndarray) -> None:
+        for piece in _pieces(chunk):
+            self._add(piece)
+
+    def _add(self, chunk: np.ndarray) -> None:
         if chunk.size == 0:
             return
         top = self.counts.size - 1
