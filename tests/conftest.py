@@ -178,7 +178,8 @@ def slurm_cluster():
 
 @pytest.fixture(scope="session")
 def embedded_dag(tmp_path_factory: pytest.TempPathFactory, slurm_cluster) -> Any:
-    """`snakemake all` on the embedded default, run once: through the test Slurm with
+    """`snakemake all` on the embedded default (with slurm_cluster.DAG_CONFIGS' shorter
+    training), run once: through the test Slurm with
     profiles/slurm when it can start (DagRun.via_slurm), else locally with --cores 2
     (DagRun.skip_reason says why). Returns a slurm_cluster.DagRun; the cluster stays up until
     the session ends, so tests can query sacct (DagRun.cluster)."""

@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
 EMBEDDED_CONFIG = ROOT / "config" / "config.yaml"
+# The session's whole-DAG run: the embedded default with shorter training (see the file).
+DAG_CONFIGS = (EMBEDDED_CONFIG, ROOT / "tests" / "ci_training.yaml")
 REQUIRE_ENV = "CELLMAPSEG_REQUIRE_SLURM"
 OPT_IN_ENV = "CELLMAPSEG_SLURM"
 
@@ -589,17 +591,18 @@ def finished_dag() -> DagRun | None:
 
 
 def run_embedded_dag(workdir: Path, timeout: float = 4800) -> DagRun:
-    """Run the whole workflow (`all`) on the embedded default in `workdir`: through the shared
-    test Slurm with profiles/slurm (only the site names and the config overridden) when it can
-    start; otherwise locally with `--cores 2`, recording why (or SlurmError when required)."""
+    """Run the whole workflow (`all`) on the embedded default (with DAG_CONFIGS' shorter
+    training) in `workdir`: through the shared test Slurm with profiles/slurm (only the site
+    names and the config overridden) when it can start; otherwise locally with `--cores 2`,
+    recording why (or SlurmError when required)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = shared_cluster()
     t0 = time.monotonic()
     if cluster is not None:
-        cmd = snakemake_command(workdir, "all")
+        cmd = snakemake_command(workdir, "all", configfiles=DAG_CONFIGS)
         proc = _run_interruptible(cmd, cluster.env(), timeout)
     else:
-        cmd = local_command(workdir, "all")
+        cmd = local_command(workdir, "all", configfiles=DAG_CONFIGS)
         proc = _run_interruptible(cmd, local_env(), timeout)
     global _dag
     _dag = DagRun(workdir=workdir, via_slurm=cluster is not None, returncode=proc.returncode,

@@ -132,7 +132,7 @@ class World:
         if stage == "predict":
             w.copy(base.checkpoint, "results/tiny/train/checkpoints/best.pt")
             w.write_json("results/tiny/train/summary.json",
-                         {"model": "tiny", "checkpoint_best": "checkpoints/best.pt"})
+                         {"model": "tiny", "checkpoint": "checkpoints/best.pt"})
         w.configs = [str(w.write_yaml("config.yaml", base_config(datalist)))]
         return w
 

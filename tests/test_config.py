@@ -189,3 +189,16 @@ def test_gpu_run_without_gpus_in_its_allocation_is_a_clear_error():
     cfg = config.from_dict({"train": {"gpus": 7}})
     with pytest.raises(ConfigError, match=r"train.gpus' = 7 .* resources.gpu = 0"):
         config.with_allocation(cfg, 0)
+
+
+def test_findings_overlay_turns_on_what_the_field_found_and_keeps_the_rest_of_the_cluster():
+    findings = ROOT / "config" / "cluster_findings.yaml"
+    base = config.load(DEFAULT, CLUSTER)
+    cfg = config.load(DEFAULT, CLUSTER, findings)
+    for name, m in cfg.models.items():
+        assert (m.ema_decay, m.sampling, m.class_weights, m.mixup_p) == (
+            0.999, "class_weighted", "log_inverse", 0.0), name
+        spec = base.model(name)
+        assert spec.ema_decay is None and spec.sampling == "uniform" and spec.mixup_p > 0
+        assert (m.network, m.roi_size, m.lr, m.epochs) == (
+            spec.network, spec.roi_size, spec.lr, spec.epochs)

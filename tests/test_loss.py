@@ -119,3 +119,36 @@ def test_loss_under_bf16_autocast_is_float32_and_close_to_fp32():
         out = loss_fn(logits.bfloat16(), target, mask, valid)
     assert out.dtype == torch.float32
     assert out.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_tversky_with_equal_weights_is_dice_of_unsquared_predictions():
+    logits, target, mask, valid = make_case(seed=3)
+    tversky = PartialAnnotationLoss(overlap="tversky", tversky_alpha=0.5, tversky_beta=0.5,
+                                    ce_weight=0.0)
+    dice = PartialAnnotationLoss(squared_pred=False, ce_weight=0.0)
+    torch.testing.assert_close(tversky(logits, target, mask, valid),
+                               dice(logits, target, mask, valid), rtol=1e-6, atol=1e-7)
+
+
+def test_tversky_beta_above_alpha_costs_missed_foreground_more_than_extra_foreground():
+    two, one = torch.zeros(1, C, 4, 4, 4), torch.zeros(1, C, 4, 4, 4)
+    two[:, :, :2], one[:, :, :1] = 1, 1  # 32 and 16 foreground voxels per channel
+    logits_one, logits_two = (one * 40 - 20), (two * 40 - 20)
+    mask = torch.ones(1, C)
+    loss = PartialAnnotationLoss(overlap="tversky", tversky_alpha=0.3, tversky_beta=0.7,
+                                 ce_weight=0.0)
+    # 16 found of 32 (16 missed) against 16 found plus 16 extra: the same Dice
+    missed, extra = loss(logits_one, two, mask), loss(logits_two, one, mask)
+    assert missed > extra
+    dice = PartialAnnotationLoss(squared_pred=False, ce_weight=0.0)
+    torch.testing.assert_close(dice(logits_one, two, mask), dice(logits_two, one, mask),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_tversky_gives_unannotated_channels_and_padding_exactly_zero_gradient():
+    logits, target, mask, valid = make_case(seed=4)
+    loss = PartialAnnotationLoss(overlap="tversky")
+    loss(logits, target, mask, valid).backward()
+    grad = logits.grad
+    assert torch.all(grad[mask == 0] == 0)
+    assert torch.all(grad.transpose(0, 1)[:, valid[:, 0] == 0] == 0)

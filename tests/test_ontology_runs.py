@@ -96,6 +96,7 @@ def _challenge_override(path: Path) -> Path:
         "variants": {"segresnet_tta": {"enabled": False}, "segresnet_tuned": {"enabled": False}},
         "ensembles": {"ensemble_mean": {"enabled": False},
                       "ensemble_per_class": {"enabled": False}},
+        "submission": {"model": "segresnet"},
     }
     path.write_text(yaml.safe_dump(raw))
     return path

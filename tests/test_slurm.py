@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from slurm_cluster import (
+    DAG_CONFIGS,
     EMBEDDED_CONFIG,
     NODE_GPUS,
     RESERVED_CORES,
@@ -93,7 +94,7 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
     crops = validation_crop_ids(dag.workdir / "results/data/inventory.csv")
     # one job per (entry, validation crop): networks predict, derived entries are derived from
     # their kept probabilities, the swept ones are scored at every tuning threshold
-    cfg = load(EMBEDDED_CONFIG)
+    cfg = load(*DAG_CONFIGS)
     for rule, entries in (("predict_crop", cfg.network_entries), ("evaluate_crop", cfg.entries),
                           ("derive_crop", cfg.derived_entries), ("sweep_crop", cfg.swept)):
         assert rules.count(rule) == len(entries) * len(crops), rule
@@ -103,7 +104,7 @@ def test_whole_dag_runs_through_sbatch_to_the_end(dag):
     # Every other job was a Slurm job (only the local rules ran on the submit host), and
     # nothing is left to do.
     assert len(re.findall(r"^(?:rule|checkpoint) \w+:", dag.output, re.M)) == len(ours)
-    check = run_local(dag.workdir, "-n", "all")
+    check = run_local(dag.workdir, "-n", "all", configfiles=DAG_CONFIGS)
     assert check.returncode == 0 and "Nothing to be done" in check.stdout + check.stderr, \
         _tail(check)
 

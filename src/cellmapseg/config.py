@@ -110,6 +110,7 @@ class TrainConfig:
     gpus: int
     cpu_ranks: int
     num_workers: int
+    cuda_env: dict[str, str]
 
     @property
     def world_size(self) -> int:
@@ -146,7 +147,17 @@ class ModelConfig:
     bf16: bool
     dice_weight: float
     ce_weight: float
-    class_weights: tuple[float, ...] | dict[str, float] | None
+    class_weights: tuple[float, ...] | dict[str, float] | str | None
+    loss: str  # "dice" or "tversky"
+    tversky_alpha: float
+    tversky_beta: float
+    ema_decay: float | None
+    sampling: str  # "uniform" or "class_weighted"
+    mixed_precision: bool
+    syncbn: bool
+    save_weights_only: bool
+    save_only_last_ckpt: bool
+    checkpoint_every: int
     mixup_p: float
     mixup_beta: float
     ds_weights: tuple[float, ...] | None
@@ -157,6 +168,9 @@ class ModelConfig:
         load). A mapping may name a group: its weight goes to each member that the mapping
         does not name itself (so `nuc: 2` means the nucleus whether nuc is atomic or a group)."""
         w = self.class_weights
+        if isinstance(w, str):
+            raise ValueError(f"{self.key('class_weights')} = {w!r} is a rule: resolve it from "
+                             "the inventory first (cellmapseg.train.preflight)")
         if not isinstance(w, dict):
             return [float(v) for v in w] if w else [1.0] * ontology.num_channels
         out = [1.0] * ontology.num_channels

@@ -107,14 +107,15 @@ def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: 
     from cellmapseg.train.preflight import prepare_training
 
     m = cfg.model(model)
-    prepare_training(cfg, m, inventory_csv, caching, usable_cpus(threads))
+    cfg = prepare_training(cfg, m, inventory_csv, caching, usable_cpus(threads))
     files = TrainFiles(out_dir)
     config_mod.write_resolved(cfg, files.config)
     world = cfg.train.world_size
     cmd = torchrun_command(world, "cellmapseg.train.rank", [
         "--model", model, "--config", files.config, "--inventory", inventory_csv,
         "--caching", caching, "--out", out_dir])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank(threads, world))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank(threads, world)),
+           **(cfg.train.cuda_env if cfg.train.gpus > 0 else {})}
     log.info("training %s with %d rank(s); log: %s", model, world, files.log)
     run_logged(cmd, env, files.log, f"training {model}")
 
@@ -152,7 +153,7 @@ def predict(cfg: Config, model: str, train_summary: Path, inventory_csv: Path, o
     out, train_summary = Path(out), Path(train_summary)
     summary = read_json(train_summary)
     config_mod.write_resolved(cfg, predictions_config(out))
-    ckpt = train_summary.parent / summary["checkpoint_best"]
+    ckpt = train_summary.parent / summary["checkpoint"]
     selection = read_selection(caching) if caching is not None else None
     result = predict_crops(cfg, m, ckpt, read_inventory(inventory_csv), out, crops, selection,
                            Path(kept) if kept else None, variant)
@@ -182,7 +183,7 @@ def predict_test(cfg: Config, model: str, train_summary: Path, root: Path, manif
     out, train_summary = Path(out), Path(train_summary)
     summary = read_json(train_summary)
     config_mod.write_resolved(cfg, predictions_config(out))
-    result = predict_test_crops(cfg, m, train_summary.parent / summary["checkpoint_best"],
+    result = predict_test_crops(cfg, m, train_summary.parent / summary["checkpoint"],
                                 root, rows, out, Path(kept) if kept else None, variant)
     write_json(out_manifest, {**result, "test_manifest": str(manifest)})
     log.info("predicted %d test crop(s) with %s: %s", len(result["crops"]), model, out)

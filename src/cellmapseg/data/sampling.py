@@ -154,6 +154,41 @@ class EpochSampler(Sampler):
         return len(self.inner)
 
 
+class WeightedEpochSampler(Sampler):
+    """EpochSampler for `sampling: class_weighted`: each epoch draws `length` volumes with
+    replacement by `weights` from a generator seeded by (seed, epoch), so every rank draws the
+    same sequence and a resumed run the same epochs; rank r takes draws r, r + world, ...
+    (padded to equal shares like DistributedSampler). Draw k of volume v is the key
+    (epoch, k * N + v): PatchDataset reads volume v and seeds its patches by the draw."""
+
+    def __init__(self, weights: Sequence[float], length: int, rank: int, world_size: int,
+                 seed: int) -> None:
+        w = np.asarray(weights, np.float64)
+        if w.ndim != 1 or not len(w) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("WeightedEpochSampler needs one non-negative weight per volume")
+        self.p, self.length = w / w.sum(), int(length)
+        self.rank, self.world, self.seed = rank, world_size, seed
+        self.per_rank = -(-self.length // world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draws(self) -> np.ndarray:
+        """The volumes of this epoch's draws, identical on every rank."""
+        rng = np.random.default_rng([self.seed, self.epoch, 0x5A3])
+        return rng.choice(len(self.p), size=self.length, p=self.p)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n = len(self.p)
+        keys = [k * n + int(v) for k, v in enumerate(self.draws())]
+        keys += keys[: self.per_rank * self.world - len(keys)]
+        return ((self.epoch, key) for key in keys[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each DataLoader worker distinct, reproducible global RNG states (for any library
     randomness outside the per-item generators). torch seeds each worker with base_seed + id,

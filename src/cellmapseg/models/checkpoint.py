@@ -79,6 +79,11 @@ def load(path: str | Path, model_name: str | None = None,
     return state
 
 
+def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint predicts with: the EMA's when training kept one."""
+    return state["ema_model"] if state.get("ema_model") is not None else state["model"]
+
+
 def _cut_short(path: Path) -> str | None:
     """torch.save writes a zip archive, whose directory is at the end: a file that starts like
     one but has no directory was cut short (torch itself reports only an OSError)."""

@@ -1,4 +1,5 @@
-"""Dice + BCE for multi-label sigmoid outputs with partial annotations and padded voxels.
+"""Dice (or Tversky) + BCE for multi-label sigmoid outputs with partial annotations and padded
+voxels.
 
 A channel not annotated in a sample contributes neither loss nor gradient: its "background"
 is unknown, not negative. Padded voxels (valid = 0) are outside both terms.
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import DiceLoss, TverskyLoss
 from torch import nn
 
 
@@ -23,13 +24,25 @@ class PartialAnnotationLoss(nn.Module):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         squared_pred: bool = True,
+        overlap: str = "dice",
+        tversky_alpha: float = 0.3,
+        tversky_beta: float = 0.7,
     ) -> None:
+        """`overlap`: "dice" (squared-prediction Dice, the spec's) or "tversky" (alpha weighs
+        false positives, beta false negatives); `dice_weight` scales whichever is chosen."""
         super().__init__()
         self.dice_weight = float(dice_weight)
         self.ce_weight = float(ce_weight)
-        # probabilities go in already masked by `valid`, hence sigmoid=False
-        self.dice = DiceLoss(sigmoid=False, squared_pred=squared_pred, smooth_nr=smooth_nr,
-                             smooth_dr=smooth_dr, reduction="none")
+        # probabilities go in already masked by `valid`, hence sigmoid=False; a masked voxel
+        # has p = g = 0 and adds nothing to any sum of either index
+        if overlap == "dice":
+            self.dice = DiceLoss(sigmoid=False, squared_pred=squared_pred, smooth_nr=smooth_nr,
+                                 smooth_dr=smooth_dr, reduction="none")
+        elif overlap == "tversky":
+            self.dice = TverskyLoss(sigmoid=False, alpha=tversky_alpha, beta=tversky_beta,
+                                    smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction="none")
+        else:
+            raise ValueError(f"loss {overlap!r}: expected dice or tversky")
         weights = None if class_weights is None else torch.as_tensor(
             list(class_weights), dtype=torch.float32)
         # not persistent: checkpoints hold the network only, the weights come from the config

@@ -32,16 +32,20 @@ class Net(nn.Module):
         self.network = build_network(cfg, in_channels, ontology.num_channels)
         levels = level_weights(cfg)
         self.level_weights = [w / sum(levels) for w in levels]
-        self.loss = PartialAnnotationLoss(cfg.class_weight_list(ontology) if cfg.class_weights
-                                          else None, cfg.dice_weight, cfg.ce_weight)
+        self.loss = PartialAnnotationLoss(
+            cfg.class_weight_list(ontology) if cfg.class_weights else None, cfg.dice_weight,
+            cfg.ce_weight, overlap=cfg.loss, tversky_alpha=cfg.tversky_alpha,
+            tversky_beta=cfg.tversky_beta)
         self.mixup_p = cfg.mixup_p
         self.mixup_beta = cfg.mixup_beta
-        self.bf16 = cfg.bf16
+        self.dtype = (torch.bfloat16 if cfg.bf16 else
+                      torch.float16 if cfg.mixed_precision else None)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when configured; CPU always runs fp32."""
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=self.bf16 and device.type == "cuda")
+        """bf16 (or fp16, `mixed_precision`) autocast on CUDA when configured; CPU always runs
+        fp32."""
+        return torch.autocast(device_type=device.type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None and device.type == "cuda")
 
     def _draw_mixup(self, device: torch.device) -> bool:
         return self.mixup_p > 0 and bool(torch.rand((), device=device) < self.mixup_p)

@@ -43,7 +43,7 @@ def load_model(model: ModelConfig, ontology: Ontology, path: Path, device: torch
     state = checkpoint.load(path, model.name,
                             checkpoint.identity(model.network.as_dict(), ontology.atomic))
     net = Net(model, ontology)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(checkpoint.inference_weights(state))
     return net.to(device).eval(), {"epoch": int(state["epoch"]), "step": int(state["step"]),
                                    "best_score": float(state["best_score"])}
 

@@ -11,7 +11,14 @@ from torch.utils.data import DataLoader
 
 from cellmapseg.config import Config, ModelConfig
 from cellmapseg.data.caching import from_selection, open_source
-from cellmapseg.data.sampling import EpochSampler, PatchDataset, collate_patches, seed_worker
+from cellmapseg.data.class_frequency import crop_weights
+from cellmapseg.data.sampling import (
+    EpochSampler,
+    PatchDataset,
+    WeightedEpochSampler,
+    collate_patches,
+    seed_worker,
+)
 from cellmapseg.data.volumes import VolumeSource
 from cellmapseg.errors import ConfigError, InputError
 from cellmapseg.train.distributed import Dist
@@ -20,7 +27,7 @@ from cellmapseg.train.distributed import Dist
 @dataclass
 class TrainData:
     loader: DataLoader
-    sampler: EpochSampler
+    sampler: EpochSampler | WeightedEpochSampler
     validation: VolumeSource
     strategy: str
 
@@ -53,7 +60,12 @@ def make_data(cfg: Config, m: ModelConfig, inventory: pd.DataFrame, selection: d
     val_src = open_source(caching.strategy, val_rows, caching, store_rows=inventory)
     dataset = PatchDataset(train_src, m.roi_size, m.num_samples, m.train_sub_epochs, cfg.seed,
                            cfg.data.pad_image)
-    sampler = EpochSampler(dataset, d.rank, d.world, cfg.seed, shuffle=True)
+    sampler: EpochSampler | WeightedEpochSampler
+    if m.sampling == "class_weighted":
+        sampler = WeightedEpochSampler(crop_weights(train_rows, cfg.classes), len(dataset),
+                                       d.rank, d.world, cfg.seed)
+    else:
+        sampler = EpochSampler(dataset, d.rank, d.world, cfg.seed, shuffle=True)
     workers = cfg.train.num_workers
     loader = DataLoader(
         dataset, batch_size=m.batch_size, sampler=sampler, num_workers=workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -9,8 +10,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from cellmapseg.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,19 @@ def mean(value: torch.Tensor) -> float:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sync_batchnorm(net: nn.Module, wanted: bool, d: Dist) -> nn.Module:
+    """`net` with its batch norms synchronised across ranks (`syncbn`) when that can run: with
+    more than one rank, on GPUs (torch's SyncBatchNorm has no CPU kernel; CPU ranks keep their
+    own statistics, with a warning). The state dict keys do not change, so the checkpoint loads
+    into a plain network for prediction."""
+    if not wanted or d.world == 1:
+        return net
+    if d.device.type == "cpu":
+        if d.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                             for m in net.modules()):
+            log.warning("syncbn: SyncBatchNorm runs on GPUs only; the %d CPU ranks keep their "
+                        "own batch-norm statistics", d.world)
+        return net
+    return nn.SyncBatchNorm.convert_sync_batchnorm(net)

@@ -1,10 +1,12 @@
 """The DDP training loop of one model config, run in every rank started by torchrun.
 
 Per epoch: DistributedSampler epoch, compact batches moved to the device and expanded there,
-bf16 autocast on CUDA (no GradScaler: bf16 needs none), gradient accumulation with no_sync,
-grad-norm clipping, warmup+cosine per optimizer step, loss summed on the device (one host sync
-per epoch). Validation every eval_epochs and at the end; `last` every epoch and `best` on
-improvement, atomically. A rerun resumes from `last` and finishes the same schedule.
+bf16 autocast on CUDA (no GradScaler: bf16 needs none; fp16 with `mixed_precision` has one),
+gradient accumulation with no_sync, grad-norm clipping, warmup+cosine per optimizer step, an EMA
+of the weights after each step (`ema_decay`), loss summed on the device (one host sync per
+epoch). Validation every eval_epochs and at the end, with the EMA weights when there are any;
+`last` (the whole state) every epoch and `best` (what prediction reads) on improvement,
+atomically. A rerun resumes from `last` and finishes the same schedule.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cellmapseg.atomic import atomic_path, write_json
 from cellmapseg.config import Config, to_dict, to_yaml
@@ -33,7 +36,7 @@ from cellmapseg.models import checkpoint
 from cellmapseg.models.net import Net
 from cellmapseg.models.registry import count_parameters
 from cellmapseg.train.data import TrainData, make_data, steps_per_epoch
-from cellmapseg.train.distributed import Dist, all_gather, mean
+from cellmapseg.train.distributed import Dist, all_gather, mean, sync_batchnorm
 from cellmapseg.train.schedule import make_scheduler
 from cellmapseg.train.validation import validate
 
@@ -81,8 +84,12 @@ class Trainer:
         self.paths = TrainFiles(Path(out))
         self.data: TrainData = make_data(cfg, self.m, inventory, selection, d)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.net = Net(self.m, cfg.classes).to(d.device)
+        self.net = sync_batchnorm(Net(self.m, cfg.classes), self.m.syncbn, d).to(d.device)
         self.parameters = count_parameters(self.net)
+        # the averaged copy holds buffers too (batch-norm statistics follow the weights)
+        self.ema = None if self.m.ema_decay is None else AveragedModel(
+            self.net, multi_avg_fn=get_ema_multi_avg_fn(self.m.ema_decay), use_buffers=True)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.m.mixed_precision)
         self.model = DDP(self.net, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                          find_unused_parameters=False)
         self.steps_per_epoch = steps_per_epoch(len(self.data.loader.dataset), d.world,
@@ -114,14 +121,29 @@ class Trainer:
         rng_cpu = all_gather(torch.get_rng_state())
         rng_cuda = all_gather(torch.cuda.get_rng_state(self.d.device) if cuda else None)
         return {
-            "model_name": self.name, "network": self._network_dict(),
-            "config_yaml": to_yaml(self.cfg), "run_config": self._run_config(),
+            **self._weights_state(),
             "model": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "best_score": self.best_score,
-            "best_epoch": self.best_epoch, "history": self.history, "world_size": self.d.world,
+            "history": self.history, "world_size": self.d.world,
             "rng_cpu": rng_cpu, "rng_cuda": rng_cuda if cuda else [],
         }
+
+    def _weights_state(self) -> dict[str, Any]:
+        """What prediction needs (a weights-only checkpoint): the identity and the weights it
+        predicts with, the EMA's when there is one (checkpoint.inference_weights)."""
+        state = {
+            "model_name": self.name, "network": self._network_dict(),
+            "config_yaml": to_yaml(self.cfg), "run_config": self._run_config(),
+            "epoch": self.epoch, "step": self.step, "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+        }
+        if self.ema is not None:
+            state["ema_model"] = self.ema.module.state_dict()
+        else:
+            state["model"] = self.net.state_dict()
+        return state
 
     def _resume(self) -> None:
         if not self.paths.last.is_file():
@@ -130,6 +152,9 @@ class Trainer:
         checkpoint.check_same_run(self.paths.last, state, self._run_config())
         checkpoint.check_same_world(self.paths.last, state, self.d.world)
         self.net.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.scaler.load_state_dict(state["scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -146,8 +171,12 @@ class Trainer:
         state = self._state()  # collective: every rank contributes its RNG state
         if self.d.is_main:
             checkpoint.save(self.paths.last, state)
-            if improved:
-                checkpoint.save(self.paths.best, state)
+            kept = self._weights_state() if self.m.save_weights_only else state
+            if improved and not self.m.save_only_last_ckpt:
+                checkpoint.save(self.paths.best, kept)
+            every = self.m.checkpoint_every
+            if every and self.epoch % every == 0:
+                checkpoint.save(self.paths.epoch(self.epoch), self._weights_state())
             self._write_metrics()
         torch.distributed.barrier()
 
@@ -172,30 +201,40 @@ class Trainer:
             b = prepare_batch(batch, self.cfg.classes.labels, self.d.device)
             last_micro = (i + 1) % accum == 0
             sync = nullcontext() if last_micro else self.model.no_sync()
-            with sync:  # Net applies bf16 autocast itself (network, Mixup and loss together)
+            with sync:  # Net applies autocast itself (network, Mixup and loss together)
                 out = self.model({"input": b.input, "target": b.target,
                                   "annotation_mask": b.annotation_mask, "valid": b.valid})
-                (out["loss"] / accum).backward()
+                self.scaler.scale(out["loss"] / accum).backward()
             loss_sum += out["loss"].detach()
             done += 1
             if last_micro:
-                if self.m.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.m.clip_grad)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
+                self._optimizer_step()
                 inject_fault(self.fault, self.d.rank, self.step)
             progress.update(1)
         progress.close()
         patches = done * self.m.batch_size * self.m.num_samples * self.d.world
         return mean(loss_sum / max(done, 1)), patches
 
+    def _optimizer_step(self) -> None:
+        """Clip, step (through the scaler: with fp16 a step whose gradients overflowed is
+        skipped and the scale lowered), schedule, and update the EMA."""
+        if self.m.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.m.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+        self.step += 1
+
     def _validate(self) -> tuple[float, dict[str, float]]:
-        self.net.eval()
-        score = validate(self.net.predict, self.data.validation, self.d, self.m.roi_size,
+        net = self.ema.module if self.ema is not None else self.net
+        net.eval()
+        score = validate(net.predict, self.data.validation, self.d, self.m.roi_size,
                          self.cfg.inference, self.cfg.classes)
-        self.net.train()
+        net.train()
         return score
 
     def fit(self) -> dict[str, Any]:
@@ -240,7 +279,9 @@ class Trainer:
             "peak_host_rss_bytes": int(rows["peak_host_rss_bytes"].max()),
             "peak_gpu_bytes": int(rows["peak_gpu_bytes"].max()),
             "caching_strategy": self.data.strategy, "world_size": self.d.world,
-            "device": self.d.device.type, "checkpoint_best": TrainFiles.BEST,
+            "device": self.d.device.type, "ema": self.ema is not None,
+            # what prediction reads: the best epoch's weights, or the last's
+            "checkpoint": TrainFiles.LAST if self.m.save_only_last_ckpt else TrainFiles.BEST,
             "checkpoint_last": TrainFiles.LAST,
         }
         if self.d.is_main:

@@ -1,0 +1,217 @@
+"""Training options from the field's findings and the spec's config: EMA of the weights, fp16
+with a GradScaler, SyncBN, weights-only / last-only / every-N checkpoints, class weights from the
+inventory. Each trains in-process (one gloo rank) on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from torch import nn
+
+from cellmapseg import config as config_mod
+from cellmapseg.config import from_dict
+from cellmapseg.data.inventory import read_inventory, write_inventory
+from cellmapseg.errors import ConfigError
+from cellmapseg.models import checkpoint
+from cellmapseg.models.net import Net
+from cellmapseg.predict.crops import load_model
+from cellmapseg.synthetic.generate import generate
+from cellmapseg.train import distributed
+from cellmapseg.train.loop import FAULT_ENV, Trainer
+from cellmapseg.train.preflight import prepare_training
+
+# 4 training crops x 2 sub-epochs = 8 items, batch 2: 4 optimizer steps per epoch
+STEPS_PER_EPOCH = 4
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A tiny synthetic dataset, its inventory, a caching decision (strategy B: the compact
+    store on disk) and one gloo process group of one rank for the module."""
+    root = tmp_path_factory.mktemp("options")
+    syn = {"n_train": 4, "n_val": 2, "shape": [24, 24, 24], "large_shape": [32, 32, 32],
+           "small_shape": [12, 24, 24], "seed": 5}
+    raw = {"data": {"synthetic": syn}}
+    made = from_dict(raw)
+    raw["data"]["datalist"] = str(generate(made.data.synthetic, (8.0,) * 3, root / "data",
+                                           made.classes))
+    write_inventory(from_dict(raw), root / "inventory.csv")
+    (root / "caching.json").write_text(json.dumps(
+        {"strategy": "B", "store_dir": str(root / "store"), "disk_dir": str(root / "disk"),
+         "d_threshold_mb": 500}))
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                            "LOCAL_RANK")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    d = distributed.setup(0)
+    yield root, raw, d
+    distributed.teardown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def make_trainer(job, out: Path, **model) -> Trainer:
+    root, raw, d = job
+    cfg = from_dict({**raw, "train": {"cpu_ranks": 1, "num_workers": 0},
+                     "models": {"tiny": tiny_model(**{"epochs": 2, **model})}})
+    cfg = prepare_training(cfg, cfg.model("tiny"), root / "inventory.csv",
+                           root / "caching.json", 1)
+    return Trainer(cfg, "tiny", read_inventory(root / "inventory.csv"),
+                   json.loads((root / "caching.json").read_text()), d, out)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_validation_and_best_use(
+        job, tmp_path, monkeypatch):
+    import cellmapseg.train.loop as loop
+
+    seen = []
+    real = loop.validate
+    monkeypatch.setattr(loop, "validate", lambda predict, *a: seen.append(predict) or
+                        real(predict, *a))
+    trainer = make_trainer(job, tmp_path / "ema", ema_decay=0.9, checkpoint_every=1)
+    trainer.fit()
+    ema, raw = trainer.ema.module.state_dict(), trainer.net.state_dict()
+    assert not same_tensors(ema, raw)
+    assert all(p.__self__ is trainer.ema.module for p in seen) and len(seen) == 2
+    folder = tmp_path / "ema/checkpoints"
+    last = checkpoint.inference_weights(checkpoint.load(folder / "epoch_0002.pt", "tiny"))
+    assert same_tensors(last, ema)
+    # the best checkpoint holds the EMA weights of its epoch, and prediction loads those
+    at_best = checkpoint.load(folder / f"epoch_{trainer.best_epoch:04d}.pt", "tiny")
+    net, _ = load_model(trainer.m, trainer.cfg.classes, folder / "best.pt", torch.device("cpu"))
+    assert same_tensors(net.state_dict(), checkpoint.inference_weights(at_best))
+    assert int(trainer.ema.n_averaged) == 2 * STEPS_PER_EPOCH
+
+
+def test_ema_resumes_exactly_after_a_failure_mid_epoch(job, tmp_path, monkeypatch):
+    whole = make_trainer(job, tmp_path / "whole", ema_decay=0.9)
+    whole.fit()
+    monkeypatch.setenv(FAULT_ENV, f"rank=0,step={STEPS_PER_EPOCH + 2},kind=raise")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        make_trainer(job, tmp_path / "cut", ema_decay=0.9).fit()
+    monkeypatch.delenv(FAULT_ENV)
+    resumed = make_trainer(job, tmp_path / "cut", ema_decay=0.9)
+    assert resumed.epoch == 1 and int(resumed.ema.n_averaged) == STEPS_PER_EPOCH
+    resumed.fit()
+    assert same_tensors(resumed.ema.state_dict(), whole.ema.state_dict())
+    assert same_tensors(resumed.net.state_dict(), whole.net.state_dict())
+
+
+def test_fp16_path_runs_with_its_scaler(job, tmp_path, monkeypatch):
+    # CPU training runs fp32; let autocast take float16 on the CPU as it would on CUDA
+    dtypes = []
+    monkeypatch.setattr(Net, "autocast", lambda self, device: torch.autocast(
+        "cpu", dtype=self.dtype, enabled=self.dtype is not None))
+    trainer = make_trainer(job, tmp_path / "fp16", mixed_precision=True, bf16=False, epochs=1)
+    assert trainer.net.dtype == torch.float16 and trainer.scaler.is_enabled()
+    trainer.net.network.register_forward_hook(lambda m, i, o: dtypes.append(o[0].dtype))
+    trainer.fit()
+    assert torch.float16 in dtypes
+    state = checkpoint.load(tmp_path / "fp16/checkpoints/last.pt", "tiny")
+    assert state["scaler"]["scale"] == trainer.scaler.get_scale() > 0
+    assert trainer.step == STEPS_PER_EPOCH and np.isfinite(trainer.history[-1]["train_loss"])
+
+
+def test_fp16_and_bf16_together_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"models\.tiny\.bf16.*must be false with "
+                                          "mixed_precision"):
+        from_dict({"models": {"tiny": tiny_model(mixed_precision=True)}})
+
+
+def test_syncbn_replaces_the_norm_layers_under_gpu_ddp_and_keeps_the_state_keys():
+    model = from_dict({"models": {"tiny": tiny_model(
+        network={"type": "segresnet", "init_filters": 4, "blocks_down": [1, 1, 1],
+                 "norm": "BATCH"})}}).model("tiny")
+    ontology = from_dict({}).classes
+    net = Net(model, ontology)
+    keys = set(net.state_dict())
+    gpu = distributed.Dist(rank=0, world=2, local_rank=0, device=torch.device("cuda", 0))
+    synced = distributed.sync_batchnorm(net, True, gpu)
+    kinds = {type(m) for m in synced.modules()}
+    assert nn.SyncBatchNorm in kinds and nn.BatchNorm3d not in kinds
+    assert set(synced.state_dict()) == keys
+    cpu = distributed.Dist(rank=0, world=2, local_rank=0, device=torch.device("cpu"))
+    plain = Net(model, ontology)
+    assert nn.BatchNorm3d in {type(m) for m in distributed.sync_batchnorm(plain, True, cpu)
+                              .modules()}
+    one = distributed.Dist(rank=0, world=1, local_rank=0, device=torch.device("cuda", 0))
+    assert nn.SyncBatchNorm not in {type(m) for m in distributed.sync_batchnorm(
+        Net(model, ontology), True, one).modules()}
+
+
+def test_weights_only_last_only_and_every_n_checkpoints_load(job, tmp_path):
+    trainer = make_trainer(job, tmp_path / "w", checkpoint_every=1)
+    summary = trainer.fit()
+    best = checkpoint.load(tmp_path / "w/checkpoints/best.pt", "tiny")
+    assert "optimizer" not in best and summary["checkpoint"] == "checkpoints/best.pt"
+    for epoch in (1, 2):
+        kept = checkpoint.load(tmp_path / f"w/checkpoints/epoch_{epoch:04d}.pt", "tiny")
+        assert kept["epoch"] == epoch and "optimizer" not in kept
+    net, meta = load_model(trainer.m, trainer.cfg.classes, tmp_path / "w/checkpoints/best.pt",
+                           torch.device("cpu"))
+    assert meta["epoch"] == trainer.best_epoch
+
+    last_only = make_trainer(job, tmp_path / "l", save_only_last_ckpt=True,
+                             save_weights_only=False)
+    summary = last_only.fit()
+    assert summary["checkpoint"] == "checkpoints/last.pt"
+    assert not (tmp_path / "l/checkpoints/best.pt").exists()
+    net, meta = load_model(last_only.m, last_only.cfg.classes, tmp_path / "l/checkpoints/last.pt",
+                           torch.device("cpu"))
+    assert meta["epoch"] == 2 and same_tensors(net.state_dict(), last_only.net.state_dict())
+
+    full = make_trainer(job, tmp_path / "f", save_weights_only=False, epochs=1)
+    full.fit()
+    assert "optimizer" in checkpoint.load(tmp_path / "f/checkpoints/best.pt", "tiny")
+
+
+def test_class_weights_from_the_inventory_are_written_into_the_resolved_config(job, tmp_path):
+    trainer = make_trainer(job, tmp_path / "cw", class_weights="sqrt_inverse", epochs=1)
+    weights = trainer.m.class_weights
+    assert isinstance(weights, tuple) and len(weights) == trainer.cfg.classes.num_channels
+    assert torch.equal(trainer.net.loss.class_weights, torch.tensor(weights))
+    config_mod.write_resolved(trainer.cfg, tmp_path / "resolved.yaml")
+    again = config_mod.load(tmp_path / "resolved.yaml")
+    assert again.model("tiny").class_weights == weights
+
+
+def test_class_weighted_sampling_trains_the_same_number_of_steps(job, tmp_path):
+    from cellmapseg.data.sampling import WeightedEpochSampler
+
+    trainer = make_trainer(job, tmp_path / "cls", sampling="class_weighted", epochs=1)
+    assert isinstance(trainer.data.sampler, WeightedEpochSampler)
+    assert trainer.fit()["steps"] == STEPS_PER_EPOCH
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_gpu_training_jobs_get_the_specs_cuda_environment(gpus, tmp_path, monkeypatch):
+    from cellmapseg import stages
+    from cellmapseg.runtime import torchrun
+    from cellmapseg.train import preflight
+
+    seen = {}
+    monkeypatch.setattr(preflight, "prepare_training", lambda cfg, *a: cfg)
+    monkeypatch.setattr(torchrun, "run_logged", lambda cmd, env, *a: seen.update(env))
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    cfg = from_dict({"train": {"gpus": gpus}, "models": {"tiny": tiny_model()}})
+    stages.train(cfg, "tiny", tmp_path / "inv.csv", tmp_path / "caching.json", tmp_path / "out")
+    cuda = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "NVIDIA_TF32_OVERRIDE": "1"}
+    assert all((seen.get(k) == v) == (gpus > 0) for k, v in cuda.items())
