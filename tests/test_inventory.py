@@ -146,7 +146,8 @@ def test_write_inventory_csv(tmp_path: Path, make_dataset: Callable[..., Path]) 
     datalist = make_dataset(tmp_path / "data", n_train=2, n_val=1, relative=True)
     out = tmp_path / "results" / "inventory.csv"
     table = write_inventory(_cfg(datalist, dataroot="."), out)
-    assert [p.name for p in out.parent.iterdir()] == ["inventory.csv"]  # no temp file left
+    # no temp file left; padding/ holds the runs of crops with zeros on their border
+    assert {p.name for p in out.parent.iterdir()} <= {"inventory.csv", "padding"}
     back = pd.read_csv(out, dtype={"annotated_classes": str}, keep_default_na=False)
     assert list(back.columns) == columns(ONTOLOGY)
     assert list(back["crop"]) == list(table["crop"])

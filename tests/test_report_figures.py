@@ -434,3 +434,19 @@ def test_config_labels_reads_a_resolved_config(tmp_path: Path) -> None:
     assert figures.config_labels(tmp_path / "config.yaml") == {
         n: i + 1 for i, n in enumerate(ATOMIC)}
     assert figures.config_labels(tmp_path / "absent.yaml") is None
+
+
+def test_examples_hatch_the_black_padding_of_a_crop(tmp_path: Path,
+                                                   make_dataset: Callable[..., Path]) -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(1, 255, SHAPE).astype(np.float32)
+    image[:, :, :6] = 0  # black planes at one face of the first validation crop
+    crops = {1: {"image": image, "annotated_classes": VAL_ANNOTATED[0]}}
+    datalist = make_dataset(tmp_path / "data", n_train=1, n_val=2, shape=SHAPE, crops=crops)
+    inventory = write_inventory(from_dict({"data": {"datalist": str(datalist)}}),
+                                tmp_path / "inventory.csv")
+    write_store(tmp_path / "p.zarr", inventory, DEFAULT)
+    fig, _ = examples_figure(tmp_path / "p.zarr", inventory, "unet", n_crops=2)
+    assert texts(fig).count("hatched: black padding") == 1  # the padded crop only
+    hatched = fig.findobj(lambda o: getattr(o, "hatches", None) == ["///"])  # ContourSets
+    assert len(hatched) == 3  # image, truth and the scored prediction

@@ -254,3 +254,21 @@ def test_each_bad_input_is_one_line_naming_it(tmp_path, spoil, names):
     for name in names:
         assert name in text, text
     assert not (tmp_path / "scratch").exists()  # raised before any voxel was scored
+
+
+def test_black_padding_on_the_prediction_grid_leaves_its_truth_voxels_out(tmp_path, block):
+    from cellmapseg.data.padding import border_runs
+
+    pred, inventory, truth = write_case(tmp_path, {"ecs": sheet(3)}, {"ecs": sheet(1, PRED_SHAPE)},
+                                        ("ecs",))
+    image = np.full(PRED_SHAPE, 9, np.uint8)
+    image[:, :2, :] = 0  # 8 nm rows y < 2 are black: 4 nm rows y < 4 on the truth's grid
+    border_runs(image).save(tmp_path / "runs")
+    inventory = inventory.assign(padding=str(tmp_path / "runs"))
+    table, _ = score_table(pred, inventory, EM_VS, tmp_path / "scratch", ONTOLOGY, block=block,
+                           truth=truth, padding="border")
+    # the same voxels as the y < 4 label mask above leaves out
+    assert counts(row(table, "ecs")) == (30, 30, 2)
+    table, _ = score_table(pred, inventory, EM_VS, tmp_path / "scratch", ONTOLOGY, block=block,
+                           truth=truth, padding="none")
+    assert counts(row(table, "ecs")) == (60, 60, 4)

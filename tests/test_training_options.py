@@ -215,3 +215,43 @@ def test_gpu_training_jobs_get_the_specs_cuda_environment(gpus, tmp_path, monkey
     stages.train(cfg, "tiny", tmp_path / "inv.csv", tmp_path / "caching.json", tmp_path / "out")
     cuda = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "NVIDIA_TF32_OVERRIDE": "1"}
     assert all((seen.get(k) == v) == (gpus > 0) for k, v in cuda.items())
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_events_hold_the_metrics_of_metrics_csv(job, tmp_path):
+    import pandas as pd
+
+    trainer = make_trainer(job, tmp_path / "tb")
+    trainer.fit()
+    metrics = pd.read_csv(tmp_path / "tb/metrics.csv")
+    for tag in ("train_loss", "lr", "val_dice_mean"):
+        logged = scalars(tmp_path / "tb/tensorboard", tag)
+        assert [s for s, _ in logged] == list(metrics["epoch"])
+        np.testing.assert_allclose([v for _, v in logged], metrics[tag], rtol=1e-6)
+    root, raw, d = job
+    cfg = from_dict({**raw, "train": {"cpu_ranks": 1, "num_workers": 0, "tensorboard": False},
+                     "models": {"tiny": tiny_model(epochs=1)}})
+    Trainer(cfg, "tiny", read_inventory(root / "inventory.csv"),
+            json.loads((root / "caching.json").read_text()), d, tmp_path / "off").fit()
+    assert not (tmp_path / "off/tensorboard").exists()
+
+
+def test_a_resumed_runs_events_replace_those_logged_after_its_checkpoint(tmp_path):
+    from cellmapseg.train.tracking import Tracker
+
+    first = Tracker(tmp_path, 1)
+    for epoch in (1, 2, 3):  # epochs 2 and 3 logged, then the job died before checkpointing
+        first.log({"epoch": epoch, "train_loss": float(epoch)})
+    first.close()
+    again = Tracker(tmp_path, 2)  # resumed from epoch 1's checkpoint
+    for epoch in (2, 3):
+        again.log({"epoch": epoch, "train_loss": 10.0 * epoch})
+    again.close()
+    assert scalars(tmp_path, "train_loss") == [(1, 1.0), (2, 20.0), (3, 30.0)]

@@ -66,6 +66,7 @@ class DataConfig:
     spacing_nm: tuple[float, float, float]
     spacing_tolerance: float
     pad_image: str | float
+    padding_mask: str  # "none", "border" or "zeros" (data.padding)
     strict_annotations: bool
     zarr: ZarrConfig
     synthetic: SyntheticConfig
@@ -110,6 +111,7 @@ class TrainConfig:
     gpus: int
     cpu_ranks: int
     num_workers: int
+    tensorboard: bool
     cuda_env: dict[str, str]
 
     @property

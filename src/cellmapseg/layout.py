@@ -71,6 +71,10 @@ class TrainFiles:
     def last(self) -> Path:
         return self.folder / self.LAST
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.folder / "tensorboard"
+
     def epoch(self, epoch: int) -> Path:
         """The weights kept at `epoch` (checkpoint_every)."""
         return self.folder / "checkpoints" / f"epoch_{epoch:04d}.pt"

@@ -196,7 +196,8 @@ def evaluate(cfg: Config, predictions: Path, inventory_csv: Path, out_csv: Path,
 
     config_mod.write_resolved(cfg, resolved_config(out_csv))
     summary = score(predictions, inventory_csv, cfg.data.spacing_nm, out_csv, out_summary,
-                    cfg.classes, crops, block=cfg.inference.block_size, truth=_truth(cfg))
+                    cfg.classes, crops, block=cfg.inference.block_size, truth=_truth(cfg),
+                    padding=cfg.data.padding_mask)
     log.info("evaluated %s: overall %s", predictions, summary.get("overall"))
 
 
@@ -318,7 +319,7 @@ def evaluate_crop(cfg: Config, predictions: Path, inventory_csv: Path, crop: str
     config_mod.write_resolved(cfg, resolved_config(out_csv))
     table, _ = score_table(predictions, inventory_csv, cfg.data.spacing_nm, Path(out_csv).parent,
                            cfg.classes, [crop], block=cfg.inference.block_size,
-                           truth=_truth(cfg))
+                           truth=_truth(cfg), padding=cfg.data.padding_mask)
     write_table(table, out_csv)
     log.info("scored %s of %s: %d class row(s)", crop, predictions, len(table))
 

@@ -75,7 +75,8 @@ def sweep_crop(cfg: Config, sources: Sequence[Path], inventory_csv: Path, crop_i
                 write_from_probabilities(arrays, stores, recipe, atomic,
                                          cfg.inference.block_size)
             table, _ = score_table(store, inventory, cfg.data.spacing_nm, Path(tmp), atomic,
-                                   [crop], cfg.inference.block_size, truth)
+                                   [crop], cfg.inference.block_size, truth,
+                                   cfg.data.padding_mask)
             table.insert(0, "threshold", float(t))
             parts.append(table)
             log.info("swept %s at threshold %g: %d class row(s)", crop, t, len(table))

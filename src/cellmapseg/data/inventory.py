@@ -9,6 +9,7 @@ read once. The CSV is written only when every crop is valid, and atomically.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -32,8 +33,11 @@ CHUNK_VOXELS = 1 << 22  # chunk of `flat_chunks` (arrays already in memory)
 COLUMNS: tuple[str, ...] = (
     "crop", "dataset", "crop_id", "split", "image", "label", "d", "h", "w", "voxels",
     "image_dtype", "image_uint8_lossless", "compact_image_dtype", "compact_bytes",
-    "image_mean", "image_std", "annotated_classes", "n_annotated",
+    "image_mean", "image_std", "zero_voxels", "padding_voxels", "padding",
+    "annotated_classes", "n_annotated",
 )  # then one vox_{class} column per atomic class (`columns`)
+# padding: the crop's data.padding.BorderRuns folder (padding/{crop}/ beside the CSV), empty
+# when no run of 0 reaches its border; padding_voxels: the voxels of those runs.
 # What names a crop, its files, its shape and its annotations: the columns the stages after
 # training (prediction, evaluation, the report) need, checked when they read the inventory.
 CROP_COLUMNS: tuple[str, ...] = ("crop", "crop_id", "split", "image", "label", "d", "h", "w",
@@ -75,10 +79,24 @@ def label_counts(label: np.ndarray, labels: tuple[int, ...]) -> np.ndarray:
     return scan.counts
 
 
+def _padding(entry: CropEntry, image: ImageScan, folders: tuple[Path, Path] | None
+             ) -> dict[str, Any]:
+    """The padding columns; the runs saved in folders[0] (named as in folders[1], where
+    write_inventory moves them) when the crop has border padding."""
+    runs = image.runs
+    voxels = runs.count() if runs is not None else 0
+    if not voxels or folders is None:
+        return {"zero_voxels": image.zeros, "padding_voxels": voxels, "padding": ""}
+    name = entry.name
+    runs.save(folders[0] / name)
+    return {"zero_voxels": image.zeros, "padding_voxels": voxels,
+            "padding": str(folders[1] / name)}
+
+
 def crop_row(ontology: Ontology, entry: CropEntry, headers: CropHeaders, image: ImageScan,
-             label: LabelScan) -> dict[str, Any]:
+             label: LabelScan, padding: tuple[Path, Path] | None = None) -> dict[str, Any]:
     """One inventory row from the scans of a crop that passed every check (scan_crops'
-    `analyse`)."""
+    `analyse`); `padding`: (where to save the crop's BorderRuns now, where they will be)."""
     compact = image.compact_dtype()
     counts = label.counts
     d, h, w = headers.image.shape3d
@@ -97,6 +115,7 @@ def crop_row(ontology: Ontology, entry: CropEntry, headers: CropHeaders, image: 
         **_stats(image),
         "compact_image_dtype": str(compact),
         "compact_bytes": compact_bytes((d, h, w), compact),
+        **_padding(entry, image, padding),
         "annotated_classes": entry.annotated_text,
         "n_annotated": len(entry.annotated_classes),
         **{f"vox_{name}": int(counts[value])
@@ -111,15 +130,17 @@ def build_inventory(
     ontology: Ontology,
     workers: int = 1,
     strict: bool = False,
+    padding: tuple[Path, Path] | None = None,
 ) -> pd.DataFrame:
     """Validate every crop and return one inventory row per crop, in datalist order; `strict`
-    (data.strict_annotations) makes label voxels of classes a crop does not annotate a problem.
+    (data.strict_annotations) makes label voxels of classes a crop does not annotate a problem;
+    `padding` as in crop_row (None: the runs are counted, not kept).
 
     Raises InputError naming every problem if any crop is invalid.
     """
     warnings, rows = scan_crops(entries, spacing_nm, tolerance, ontology.labels,
-                                analyse=partial(crop_row, ontology), workers=workers,
-                                names=ontology.atomic, strict=strict)
+                                analyse=partial(crop_row, ontology, padding=padding),
+                                workers=workers, names=ontology.atomic, strict=strict)
     for warning in warnings:
         log.warning(warning)
     return pd.DataFrame(rows, columns=columns(ontology))
@@ -131,8 +152,22 @@ def write_inventory(cfg: Config, out_csv: str | Path, workers: int = 1) -> pd.Da
     Nothing is written when any input is invalid (InputError propagates).
     """
     entries = read_datalist(cfg.data.datalist, cfg.data.dataroot, cfg.classes.num_channels)
-    table = build_inventory(entries, cfg.data.spacing_nm, cfg.data.spacing_tolerance,
-                            cfg.classes, workers, strict=cfg.data.strict_annotations)
+    folder = Path(out_csv).resolve().parent
+    final, partial_dir = folder / "padding", folder / ".padding.partial"
+    created = not folder.exists()
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    try:
+        table = build_inventory(entries, cfg.data.spacing_nm, cfg.data.spacing_tolerance,
+                                cfg.classes, workers, strict=cfg.data.strict_annotations,
+                                padding=(partial_dir, final))
+    except BaseException:
+        shutil.rmtree(partial_dir, ignore_errors=True)  # nothing half-written is left
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    if partial_dir.is_dir():  # some crop has border padding
+        partial_dir.rename(final)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     log.info("inventory: %d crops -> %s", len(table), out_csv)

@@ -9,7 +9,7 @@ draws it nor on how many workers there are, and a resumed run redraws exactly th
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,16 +31,21 @@ def pad_value(volume: Volume, pad_image: str | float) -> float:
 
 
 def crop_or_pad(
-    image: np.ndarray, label: np.ndarray, roi: Roi, rng: np.random.Generator, fill: float
+    image: np.ndarray, label: np.ndarray, roi: Roi, rng: np.random.Generator, fill: float,
+    padding: Callable[[tuple[slice, ...]], np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly placed ROI window; axes shorter than the ROI are padded at a random offset.
 
-    Padded label voxels get PAD_LABEL so the loss can exclude them.
+    Padded label voxels get PAD_LABEL so the loss can exclude them, and so do the window's
+    voxels of black EM padding (`padding`: Volume.padding_mask).
     """
     shape = image.shape
     starts = [int(rng.integers(0, max(n - r, 0) + 1)) for n, r in zip(shape, roi, strict=True)]
-    window = tuple(slice(s, s + r) for s, r in zip(starts, roi, strict=True))
+    window = tuple(slice(s, min(s + r, n)) for s, r, n in zip(starts, roi, shape, strict=True))
     img, lab = image[window], label[window]
+    masked = padding(window) if padding is not None else None
+    if masked is not None and masked.any():
+        lab = np.where(masked, np.uint8(PAD_LABEL), lab).astype(lab.dtype)  # never the store's
     if img.shape == tuple(roi):
         return img, lab
     offsets = [int(rng.integers(0, r - n + 1)) for n, r in zip(img.shape, roi, strict=True)]
@@ -100,7 +105,8 @@ class PatchDataset(Dataset):
         fill = pad_value(volume, self.pad_image)
         images, labels = [], []
         for _ in range(self.num_samples):
-            img, lab = crop_or_pad(volume.image, volume.label, self.roi, rng, fill)
+            img, lab = crop_or_pad(volume.image, volume.label, self.roi, rng, fill,
+                                   volume.padding_mask if volume.padding is not None else None)
             img, lab = flip_rotate(img, lab, rng)
             images.append(img)
             labels.append(lab)

@@ -1,7 +1,8 @@
 """One streamed pass over a crop's image and label (data.volume_io.stream_voxels: a NIfTI file
 or a Zarr crop reference): the checks that need the voxels and the inventory's statistics,
 gathered chunk by chunk, so memory is bounded by a chunk whatever the crop's size and each
-file is read once."""
+file is read once. The image arrives in whole planes of its last axis, so the same pass
+summarises its black padding (data.padding.BorderRuns)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellmapseg.data.volume_io import stream_voxels
+from cellmapseg.data.padding import BorderRuns
+from cellmapseg.data.volume_io import STREAM_CHUNK_BYTES, read_header, stream_voxels
 
 # Voxels handled at once inside a chunk: the statistics widen to float64 (the counts to int64),
 # 8 bytes a voxel and a few temporaries, so a 64 MB chunk of uint8 handled whole held 1.1 GB
@@ -38,10 +40,19 @@ class ImageScan:
     integral: bool = True
     mean: float = 0.0
     m2: float = 0.0
+    zeros: int = 0
+    runs: BorderRuns | None = None  # with `planes`: chunks are whole planes of the last axis
 
     def add(self, chunk: np.ndarray) -> None:
         self.dtype = chunk.dtype if self.dtype is None else self.dtype
+        if self.runs is not None:
+            d, h, _ = self.runs.shape
+            done = self.voxels  # voxels taken in so far
+            if chunk.size % (d * h) or done % (d * h):
+                raise ValueError("ImageScan with runs needs chunks of whole planes")
+            self.runs.add(chunk.reshape(d, h, -1, order="F"), done // (d * h))
         for piece in _pieces(chunk):
+            self.zeros += piece.size - int(np.count_nonzero(piece))
             self._add(piece)
 
     def _add(self, chunk: np.ndarray) -> None:
@@ -122,8 +133,18 @@ class LabelScan:
 
 
 def scan_image(path: str | Path) -> ImageScan:
-    scan = ImageScan()
-    for chunk in stream_voxels(path):
+    """The image's statistics and its BorderRuns, from chunks of whole planes (as many as fit
+    in the streaming chunk, at least one)."""
+    header = read_header(path)
+    shape = header.shape3d
+    if shape is None:
+        scan = ImageScan()
+        chunks = stream_voxels(path)
+    else:
+        scan = ImageScan(runs=BorderRuns.empty(shape))
+        plane = shape[0] * shape[1] * np.dtype(header.dtype).itemsize
+        chunks = stream_voxels(path, max(1, STREAM_CHUNK_BYTES // plane) * plane)
+    for chunk in chunks:
         scan.add(chunk)
     return scan
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cellmapseg.data.padding import Padding
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,11 @@ class Volume:
     annotation_mask: np.ndarray  # (C,) float32, 1 = channel annotated in this crop
     mean: float  # whole-crop intensity statistics, for normalising patches on the device
     std: float
+    padding: Padding | None = None  # black padding kept out of the loss and scores (or none)
+
+    def padding_mask(self, box: tuple[slice, slice, slice]) -> np.ndarray | None:
+        """True on the padding voxels of `box` (None: nothing masked)."""
+        return None if self.padding is None else self.padding.mask(self.image[box], box)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ the class's `{label}_mask` honoured (see evaluate.truth). The counting is the sa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -25,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import zarr
 
 from cellmapseg.atomic import atomic_path, write_json
-from cellmapseg.blockwise import ScratchArray, ValueMask
+from cellmapseg.blockwise import ScratchArray, ValueMask, slices, spans
 from cellmapseg.classes import Ontology
 from cellmapseg.data import inventory as inventory_mod
 from cellmapseg.data import predictions
 from cellmapseg.data.datalist import parse_annotated_classes
+from cellmapseg.data.padding import Padding, crop_padding
 from cellmapseg.data.resample import match_crop_space
 from cellmapseg.data.volume_io import read_header, stream_to_npy
 from cellmapseg.errors import InputError
@@ -61,6 +64,49 @@ class CropJob:
     shape: tuple[int, int, int]
     classes: tuple[int, ...]  # annotated channels, ascending
     channels: int  # atomic classes of the ontology
+    image: Path | None = None
+    padding: Padding | None = None  # black EM padding left out of the counts (data.padding)
+
+
+class PaddingView:
+    """1 on the black padding of a crop's image grid, 0 elsewhere, a region at a time (the
+    `zeros` rule reads the image's scratch copy)."""
+
+    def __init__(self, padding: Padding, shape: tuple[int, ...], image: Any = None) -> None:
+        self.padding, self.image = padding, image
+        self.shape, self.dtype = tuple(shape), np.dtype(np.uint8)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        region = self.image[key] if self.image is not None else None
+        found = self.padding.mask(region, key)
+        shape = tuple(len(range(*s.indices(n))) for s, n in zip(key, self.shape, strict=True))
+        return np.zeros(shape, np.uint8) if found is None else found.astype(np.uint8)
+
+
+class Kept:
+    """`mask` (1 = scored; None: everything) with the padding's voxels removed: the mask a
+    class is scored under."""
+
+    def __init__(self, mask: Any, padding: Any) -> None:
+        self.mask, self.padding, self.shape = mask, padding, tuple(padding.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        keep = np.asarray(self.padding[key]) == 0
+        if self.mask is not None:
+            keep &= np.asarray(self.mask[key]) != 0
+        return keep.astype(np.uint8)
+
+
+def _padding_view(job: CropJob, scratch: Path) -> PaddingView | None:
+    if job.padding is None:
+        return None
+    image = None
+    if job.padding.mode == "zeros":
+        if job.image is None:
+            raise InputError(f"crop {job.crop}: padding_mask zeros needs the crop's image")
+        header = read_header(job.image)
+        image = stream_to_npy(job.image, np.dtype(header.dtype), scratch / "image.npy")
+    return PaddingView(job.padding, job.shape, image)
 
 
 def _load_inventory(inventory: Path | pd.DataFrame) -> pd.DataFrame:
@@ -79,11 +125,12 @@ def _classes(text: Any, crop: str, channels: int) -> tuple[int, ...]:
         raise InputError(str(exc).splitlines()[0]) from exc
 
 
-def _job(row: pd.Series, ontology: Ontology) -> CropJob:
+def _job(row: pd.Series, ontology: Ontology, padding: str = "none") -> CropJob:
     shape = (int(row["d"]), int(row["h"]), int(row["w"]))
     n = ontology.num_channels
     return CropJob(str(row["crop"]), str(row["crop_id"]), Path(str(row["label"])), shape,
-                   _classes(row["annotated_classes"], str(row["crop"]), n), n)
+                   _classes(row["annotated_classes"], str(row["crop"]), n), n,
+                   Path(str(row["image"])), crop_padding(padding, row.get("padding", "")))
 
 
 def check_crop(store: zarr.Group, path: Path, job: CropJob, voxel: tuple[float, ...],
@@ -126,11 +173,16 @@ def score_crop(store: zarr.Group, job: CropJob, voxel: tuple[float, ...], block:
     group = store[job.crop_id]
     rows = []
     with tempfile.TemporaryDirectory(prefix=".scoring-", dir=scratch) as tmp:
-        truth = stream_to_npy(job.label, ontology.label_dtype, Path(tmp) / "label.npy")
+        truth: Any = stream_to_npy(job.label, ontology.label_dtype, Path(tmp) / "label.npy")
+        padding = _padding_view(job, Path(tmp))
         for name in ontology.annotated(job.classes):
             arr, values = group[name], ontology.label_values(name)
-            row = (_instance_row(arr, truth, values, voxel, block, Path(tmp))
-                   if ontology.is_instance(name) else _semantic_row(arr, truth, values, block))
+            seen = truth
+            if padding is not None:  # a padded voxel is background on both sides
+                keep = Kept(None, padding)
+                arr, seen = Masked(arr, keep, arr.chunks), Masked(truth, keep, arr.chunks)
+            row = (_instance_row(arr, seen, values, voxel, block, Path(tmp))
+                   if ontology.is_instance(name) else _semantic_row(arr, seen, values, block))
             rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": name, **row})
     log.info("scored %s (%d classes)", job.crop, len(rows))
     return rows
@@ -179,13 +231,20 @@ def check_crop_at_truth(store: zarr.Group, path: Path, job: CropJob, dataset: st
 
 
 def score_class_at_truth(cls: ClassTruth, pred: Prediction, instance: bool, block: int,
-                         scratch: Path, placement: str = "official") -> dict[str, Any]:
+                         scratch: Path, placement: str = "official",
+                         padding: Any = None) -> dict[str, Any]:
     """One class's row: the prediction brought to the truth's grid (official rules, with
     `placement`), both masked, counted as on the NIfTI route; distances in the truth's voxel
-    size."""
+    size. `padding` (1 on black EM padding, on the prediction's grid) is brought there by the
+    instance rule (nearest neighbour) and left out like the class's mask (outside the
+    prediction's box it is 0: the server scores that region as predicted background)."""
     g = cls.grid
     aligned = match_crop_space(pred.array, pred.voxel_size, pred.translation, instance, g,
                                scratch / "aligned", pred.where, placement)
+    if padding is not None:
+        on_truth = match_crop_space(padding, pred.voxel_size, pred.translation, True, g,
+                                    scratch / "padding", pred.where, placement)
+        cls = dataclasses.replace(cls, mask=Kept(cls.mask, on_truth))
     view = Masked(aligned, cls.mask, cls.chunks)
     if not instance:
         return _semantic_row(view, TruthMask(cls), (1,), block)
@@ -197,15 +256,28 @@ def score_class_at_truth(cls: ClassTruth, pred: Prediction, instance: bool, bloc
     return _instance_fields(s)
 
 
+def _padding_copy(job: CropJob, scratch: Path, block: int) -> ScratchArray | None:
+    """The crop's padding on its image grid as a scratch array (what match_crop_space reads),
+    written a block at a time; None when nothing is padded."""
+    view = _padding_view(job, scratch)
+    if view is None:
+        return None
+    out = ScratchArray(scratch / "padding.npy", view.shape, np.uint8)
+    for core in spans(view.shape, (block,) * 3):
+        out[slices(core)] = view[slices(core)]
+    return out
+
+
 def score_crop_at_truth(plan: TruthJob, block: int, scratch: Path, ontology: Ontology
                         ) -> list[dict[str, Any]]:
     job, rows = plan.job, []
     with tempfile.TemporaryDirectory(prefix=".scoring-", dir=scratch) as tmp:
+        padding = _padding_copy(job, Path(tmp), block)
         for cls, pred in plan.classes:
             work = Path(tmp) / cls.name
             work.mkdir()
             row = score_class_at_truth(cls, pred, ontology.is_instance(cls.name), block, work,
-                                       plan.placement)
+                                       plan.placement, padding)
             shutil.rmtree(work, ignore_errors=True)  # the aligned copy can be large
             rows.append({"crop": job.crop, "crop_id": job.crop_id, "class": cls.name, **row})
     log.info("scored %s at the ground truth's resolution (%d classes)", job.crop, len(rows))
@@ -215,7 +287,7 @@ def score_crop_at_truth(plan: TruthJob, block: int, scratch: Path, ontology: Ont
 def score_table(predictions_path: Path, inventory: Path | pd.DataFrame,
                 spacing_nm: Sequence[float], scratch: Path, ontology: Ontology,
                 crops: Sequence[str] | None = None,
-                block: int = 128, truth: ZarrTruth | None = None
+                block: int = 128, truth: ZarrTruth | None = None, padding: str = "none"
                 ) -> tuple[pd.DataFrame, list[str]]:
     """eval.csv's rows for the validation crops (or `crops`) and the names of the crops scored;
     scratch copies go to `scratch`. Raises InputError, before scoring any voxel, when any
@@ -225,7 +297,7 @@ def score_table(predictions_path: Path, inventory: Path | pd.DataFrame,
     if len(voxel) != 3 or min(voxel) <= 0:
         raise InputError(f"spacing_nm: expected 3 positive values, got {list(spacing_nm)}")
     chosen = inventory_mod.select(_load_inventory(inventory), crops, "evaluate")
-    jobs = [_job(row, ontology) for _, row in chosen.iterrows()]
+    jobs = [_job(row, ontology, padding) for _, row in chosen.iterrows()]
     datasets = _datasets(chosen) if truth is not None else []
     path = predictions.locate(predictions_path)
     store = predictions.open_store(path)
@@ -285,12 +357,12 @@ def write_outputs(table: pd.DataFrame, crops: Sequence[str], out_csv: Path,
 def evaluate(predictions_path: Path, inventory: Path | pd.DataFrame, spacing_nm: Sequence[float],
              out_csv: Path, out_summary: Path, ontology: Ontology,
              crops: list[str] | None = None, block: int = 128,
-             truth: ZarrTruth | None = None) -> dict:
+             truth: ZarrTruth | None = None, padding: str = "none") -> dict:
     """Score the validation crops (or `crops`); write eval.csv and eval_summary.json; return
     the summary. Raises InputError, writing nothing, when any input is wrong. `truth`: score
-    at the Zarr ground truth's resolution (score_table)."""
+    at the Zarr ground truth's resolution; `padding`: data.padding_mask (score_table)."""
     table, scored = score_table(predictions_path, inventory, spacing_nm, Path(out_csv).parent,
-                                ontology, crops, block, truth)
+                                ontology, crops, block, truth, padding)
     return write_outputs(table, scored, out_csv, out_summary, ontology)
 
 

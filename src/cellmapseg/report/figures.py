@@ -37,6 +37,7 @@ from cellmapseg.classes import Ontology
 from cellmapseg.data import predictions, volume_io
 from cellmapseg.data.inventory import CROP_COLUMNS, require_columns
 from cellmapseg.data.loading import mask_from_string
+from cellmapseg.data.padding import crop_padding
 from cellmapseg.errors import InputError
 
 DPI = 110
@@ -426,6 +427,7 @@ class CropSlice:
     preds: dict[str, np.ndarray]  # every class of the ontology
     annotated: tuple[str, ...]  # the classes annotated in the crop (ontology.annotated)
     voxel: Sequence[float] | None
+    padding: np.ndarray | None = None  # the slice's black EM padding (border runs), if any
 
     def shown(self, ontology: Ontology) -> list[str]:
         """The classes the table lists: annotated here, or predicted on this slice."""
@@ -499,7 +501,17 @@ def _read_slice(store: zarr.Group, path: Path, row: pd.Series, ontology: Ontolog
         truth=volume_io.axis0_slice(row["label"], z).astype(np.uint8),
         preds={name: np.asarray(arr[z]) for name, arr in arrays.items()},  # only slice z
         annotated=ontology.annotated(int(c) for c in channels),
-        voxel=arrays[ontology.names[0]].attrs.get("voxel_size"))
+        voxel=arrays[ontology.names[0]].attrs.get("voxel_size"),
+        padding=_padding_slice(row, z, shape))
+
+
+def _padding_slice(row: pd.Series, z: int, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """Slice z of the crop's black border padding, from the inventory's runs (None: none)."""
+    padding = crop_padding("border", row.get("padding", ""))
+    if padding is None or padding.runs is None:
+        return None
+    mask = padding.runs.mask((slice(z, z + 1), slice(0, shape[1]), slice(0, shape[2])))[0]
+    return mask if mask.any() else None
 
 
 def _crop_row(sub: SubFigure, crop: CropSlice, ontology: Ontology,
@@ -538,6 +550,14 @@ def _crop_row(sub: SubFigure, crop: CropSlice, ontology: Ontology,
     if not unscored:
         ax_un.text(0.5, 0.5, "every class is annotated in this crop", ha="center",
                    va="center", transform=ax_un.transAxes, bbox={"fc": "white"})
+    if crop.padding is not None:
+        for ax in (ax_img, ax_gt, ax_pred):
+            ax.contourf(crop.padding.astype(np.uint8), levels=[0.5, 1.5], colors="none",
+                        hatches=["///"])
+            ax.contour(crop.padding.astype(np.uint8), levels=[0.5], colors="orange",
+                       linewidths=1.2)
+        ax_img.set_title("EM image (hatched: black padding, kept out of the loss and the\n"
+                         "scores with data.padding_mask)", fontsize=10)
     _class_table(ax_tab, crop, ontology, colours)
 
 

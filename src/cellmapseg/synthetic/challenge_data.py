@@ -404,6 +404,8 @@ def _dataset(cfg: SyntheticConfig, d: int, spacing: np.ndarray, em: np.ndarray,
              ontology: Ontology) -> ZarrDataset:
     """Dataset d: its EM (s0 at spacing / 2), its label crops and its test crop."""
     rng = _stream(cfg, TAG_LAYOUT, 1, d)
+    if d == 0:
+        em = _black_border(em, layout[1])
     em_vs = spacing / 2
     em_edge = spacing * rng.integers(20, 61, 3)  # first s0 voxel's outer edge, world nm
     values = internal_values(ontology)
@@ -429,6 +431,20 @@ def _dataset(cfg: SyntheticConfig, d: int, spacing: np.ndarray, em: np.ndarray,
                                grid_shape=shape))
     return ZarrDataset(f"jrc_synth-{d + 1}", em, _triple(em_vs), _triple(em_edge + em_vs / 2),
                        tuple(crops), tuple(tests), frozenset(ontology.instance))
+
+
+# Training voxels of black EM that reach into the first dataset's lowest label crop(s).
+PADDED_PLANES = 3
+
+
+def _black_border(em: np.ndarray, sites: Sequence[_Site]) -> np.ndarray:
+    """The EM black (0) from its first plane along z to PADDED_PLANES planes into its lowest
+    label crop: the black border of a converted crop whose box left the imaged volume, which
+    data.padding_mask keeps out of the loss and the scores. The labels there are unchanged."""
+    low = min(s.corner[0] for s in sites if s.plan is not None)
+    out = em.copy()
+    out[: 2 * (low + PADDED_PLANES)] = 0  # s0 is twice as fine as the training level
+    return out
 
 
 def _class_array(mask: np.ndarray, instance: bool) -> np.ndarray:

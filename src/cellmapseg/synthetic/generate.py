@@ -25,6 +25,7 @@ from cellmapseg.synthetic.plan import TAG_CROP, CropPlan, mask_unannotated, plan
 from cellmapseg.synthetic.render import Appearance, appearances, render
 
 _GZIP_LEVEL = 1  # noisy float images barely compress; favour speed
+PADDED_PLANES = 3  # black planes of every third crop (data.padding_mask)
 
 
 def generate(cfg: SyntheticConfig, spacing_nm: tuple[float, float, float], out_dir: Path,
@@ -35,6 +36,8 @@ def generate(cfg: SyntheticConfig, spacing_nm: tuple[float, float, float], out_d
     entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
     for plan in plan_crops(cfg, ontology):
         image, label = synthesize_crop(cfg, plan, looks[plan.dataset], ontology)
+        if plan.index % 3 == 1:  # black planes at one face, as a converted crop's border has
+            image[..., :PADDED_PLANES] = 0
         image_path = out_dir / "images" / f"{plan.stem}_0000.nii.gz"
         label_path = out_dir / "labels" / f"{plan.stem}.nii.gz"
         _write_nifti(image_path, image, spacing_nm)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from cellmapseg.config import Config, ModelConfig
 from cellmapseg.data.caching import from_selection, open_source
 from cellmapseg.data.class_frequency import crop_weights
+from cellmapseg.data.padding import with_padding
 from cellmapseg.data.sampling import (
     EpochSampler,
     PatchDataset,
@@ -56,8 +57,10 @@ def make_data(cfg: Config, m: ModelConfig, inventory: pd.DataFrame, selection: d
         raise InputError("inventory: training needs at least one training and one validation crop")
     check_batch(m, len(train_rows), d.world)
     caching = from_selection(cfg.caching, selection)
-    train_src = open_source(caching.strategy, train_rows, caching, store_rows=inventory)
-    val_src = open_source(caching.strategy, val_rows, caching, store_rows=inventory)
+    train_src = with_padding(open_source(caching.strategy, train_rows, caching,
+                                         store_rows=inventory), train_rows, cfg.data.padding_mask)
+    val_src = with_padding(open_source(caching.strategy, val_rows, caching, store_rows=inventory),
+                           val_rows, cfg.data.padding_mask)
     dataset = PatchDataset(train_src, m.roi_size, m.num_samples, m.train_sub_epochs, cfg.seed,
                            cfg.data.pad_image)
     sampler: EpochSampler | WeightedEpochSampler

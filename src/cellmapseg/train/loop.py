@@ -38,6 +38,7 @@ from cellmapseg.models.registry import count_parameters
 from cellmapseg.train.data import TrainData, make_data, steps_per_epoch
 from cellmapseg.train.distributed import Dist, all_gather, mean, sync_batchnorm
 from cellmapseg.train.schedule import make_scheduler
+from cellmapseg.train.tracking import Tracker
 from cellmapseg.train.validation import validate
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class Trainer:
         self.fault = fault_from_env()
         torch.manual_seed(cfg.seed + 1000 * (d.rank + 1))  # Mixup draws differ per rank
         self._resume()
+        self.tracker = Tracker(self.paths.tensorboard if cfg.train.tensorboard and d.is_main
+                               else None, self.epoch + 1)
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -262,11 +265,13 @@ class Trainer:
                 if improved:
                     self.best_score, self.best_epoch = score, self.epoch
             self.history.append(row)
+            self.tracker.log(row)
             if self.d.is_main:
                 log.info("%s epoch %d/%d step %d loss %.4f lr %.2e %.1fs%s", self.name,
                          self.epoch, self.m.epochs, self.step, loss, lr, seconds,
                          f" val dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else "")
             self._save(improved)
+        self.tracker.close()
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:

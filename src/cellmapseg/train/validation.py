@@ -49,7 +49,9 @@ def score_volume(predict: Callable[[torch.Tensor], torch.Tensor], volume: Volume
                                        block, device, to_cpu=False):
         pred = binarise(logits[None], thresholds)[0]
         label = torch.from_numpy(np.ascontiguousarray(volume.label[core])).to(device)
-        counts += confusion_counts(pred, label[None] == values.view(-1, 1, 1, 1))
+        padding = volume.padding_mask(core)
+        valid = None if padding is None else torch.from_numpy(~padding).to(device)[None]
+        counts += confusion_counts(pred, label[None] == values.view(-1, 1, 1, 1), valid)
     return counts.cpu().numpy()
 
 
