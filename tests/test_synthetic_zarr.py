@@ -279,3 +279,23 @@ def test_the_default_config_is_written_fast_and_reads_back(tmp_path):
     assert w["cpu"] < 2 * 30.0  # fits 30 s on 2 cores (CPU time: others may share the host)
     assert w["summary"]["validation_crops"] == [11, 12, 13, 14]
     assert check_read_back(w) == 13
+
+
+def test_the_defaults_first_dataset_has_black_borders_in_training_and_validation_crops():
+    """data.padding_mask has something to do in the embedded default: the first dataset's EM
+    is black a few planes into the crops nearest its x = 0 face, validation crop 13 among
+    them, and the other datasets are not."""
+    from cellmapseg.config import load
+    from cellmapseg.synthetic.challenge_data import PADDED_PLANES, _black_border, _layout
+    from cellmapseg.synthetic.plan import plan_crops
+
+    cfg = load(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    sites = _layout(cfg.data.synthetic, plan_crops(cfg.data.synthetic, cfg.classes))
+    low = min(s.corner[2] for s in sites[0][1] if s.plan is not None)
+    padded = {s.plan.split for s in sites[0][1] if s.plan is not None and s.corner[2] == low}
+    assert padded == {"training", "validation"}
+    assert cfg.data.padding_mask == "border"
+    em = np.full((40, 40, 2 * low + 20), 7, np.uint8)
+    black = _black_border(em, sites[0][1])
+    assert not black[:, :, : 2 * (low + PADDED_PLANES)].any()
+    assert (black[:, :, 2 * (low + PADDED_PLANES):] == 7).all()

@@ -255,3 +255,28 @@ def test_a_resumed_runs_events_replace_those_logged_after_its_checkpoint(tmp_pat
         again.log({"epoch": epoch, "train_loss": 10.0 * epoch})
     again.close()
     assert scalars(tmp_path, "train_loss") == [(1, 1.0), (2, 20.0), (3, 30.0)]
+
+
+@pytest.mark.slow
+def test_swinunetr_trains_bit_identically_whatever_cpus_the_job_was_given(job, tmp_path):
+    """A local run and a Slurm job differ in the CPUs they are given (the threads passed to
+    the train stage); SwinUNETR's Linear and LayerNorm weight gradients are summed in an order
+    that depends on the thread count, so train.cpu_threads fixes it."""
+    import pandas as pd
+
+    from cellmapseg import stages
+
+    root, raw, _ = job
+    swin = tiny_model(network={"type": "swinunetr", "feature_size": 12, "depths": [1, 1, 1, 1]},
+                      ds_weights=None, roi_size=[64, 32, 32], epochs=1)
+    cfg = from_dict({**raw, "train": {"cpu_ranks": 1, "num_workers": 0},
+                     "models": {"swin": swin}})
+    runs = {}
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        stages.train(cfg, "swin", root / "inventory.csv", root / "caching.json", out, threads)
+        runs[threads] = pd.read_csv(out / "metrics.csv")
+        state = checkpoint.load(out / "checkpoints/last.pt", "swin")
+        runs[threads]["weights"] = float(sum(v.double().sum() for v in state["model"].values()))
+    cols = ["train_loss", "val_dice_mean", "weights"]
+    pd.testing.assert_frame_equal(runs[1][cols], runs[2][cols], check_exact=True)

@@ -111,6 +111,8 @@ class TrainConfig:
     gpus: int
     cpu_ranks: int
     num_workers: int
+    cpu_threads: int | None
+    deterministic: bool
     tensorboard: bool
     cuda_env: dict[str, str]
 

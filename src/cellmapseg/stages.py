@@ -114,8 +114,12 @@ def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: 
     cmd = torchrun_command(world, "cellmapseg.train.rank", [
         "--model", model, "--config", files.config, "--inventory", inventory_csv,
         "--caching", caching, "--out", out_dir])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank(threads, world)),
-           **(cfg.train.cuda_env if cfg.train.gpus > 0 else {})}
+    gpu = cfg.train.gpus > 0
+    fixed = None if gpu else cfg.train.cpu_threads  # bit-identical wherever it runs
+    per_rank = max(1, fixed // world) if fixed else threads_per_rank(threads, world)
+    env = {**os.environ, "OMP_NUM_THREADS": str(per_rank),
+           **(cfg.train.cuda_env if gpu else {}),
+           **({"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if gpu and cfg.train.deterministic else {})}
     log.info("training %s with %d rank(s); log: %s", model, world, files.log)
     run_logged(cmd, env, files.log, f"training {model}")
 

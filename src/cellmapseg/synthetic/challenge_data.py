@@ -433,17 +433,19 @@ def _dataset(cfg: SyntheticConfig, d: int, spacing: np.ndarray, em: np.ndarray,
                        tuple(crops), tuple(tests), frozenset(ontology.instance))
 
 
-# Training voxels of black EM that reach into the first dataset's lowest label crop(s).
+# Training voxels of black EM that reach into the first dataset's label crops nearest its
+# x = 0 face (with the default layout: training crops 1, 4, 7, 10 and validation crop 13).
 PADDED_PLANES = 3
 
 
 def _black_border(em: np.ndarray, sites: Sequence[_Site]) -> np.ndarray:
-    """The EM black (0) from its first plane along z to PADDED_PLANES planes into its lowest
-    label crop: the black border of a converted crop whose box left the imaged volume, which
-    data.padding_mask keeps out of the loss and the scores. The labels there are unchanged."""
-    low = min(s.corner[0] for s in sites if s.plan is not None)
+    """The EM black (0) from its first plane along x to PADDED_PLANES planes into the label
+    crops that start nearest that face: the black border of a converted crop whose box left the
+    imaged volume, which data.padding_mask keeps out of the loss and the scores. The labels
+    there are unchanged."""
+    low = min(s.corner[2] for s in sites if s.plan is not None)
     out = em.copy()
-    out[: 2 * (low + PADDED_PLANES)] = 0  # s0 is twice as fine as the training level
+    out[:, :, : 2 * (low + PADDED_PLANES)] = 0  # s0 is twice as fine as the training level
     return out
 
 

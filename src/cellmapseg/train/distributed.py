@@ -47,6 +47,18 @@ def setup(gpus: int, timeout_s: float = 1800.0) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, device=device)
 
 
+def deterministic(d: Dist, on_gpu: bool) -> None:
+    """Deterministic kernels: always on CPU (they cost little there), on GPUs when asked
+    (train.deterministic), where an op without a deterministic CUDA kernel warns instead of
+    failing."""
+    if d.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    elif on_gpu:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 def all_gather(obj: Any) -> list[Any]:  # any picklable value
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)

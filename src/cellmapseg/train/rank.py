@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     with bad_input_exits():
         cfg = config_mod.load(args.config)
         d = distributed.setup(cfg.train.gpus)
+        distributed.deterministic(d, cfg.train.deterministic)
         try:
             trainer = Trainer(cfg, args.model, read_inventory(args.inventory),
                               read_selection(args.caching), d, args.out)
