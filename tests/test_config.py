@@ -118,7 +118,10 @@ def test_both_shipped_configs_define_the_three_spec_models(path):
 def test_cluster_config_carries_the_spec_values():
     cfg = config.load(CLUSTER)
     seg, swin, flex = (cfg.models[k] for k in ("segresnet", "swinunetr", "flexunet_resnet34"))
-    assert cfg.train.world_size == 7 and cfg.data.synthetic.enabled is False
+    assert {cfg.world_size(m) for m in cfg.models} == {7}  # one after another
+    assert cfg.allocation("segresnet") == config.Allocation(gpus=7, cpus=63, mem_gb=920,
+                                                            nodes=1)
+    assert cfg.data.synthetic.enabled is False
     assert cfg.data.datalist.endswith("auto3dseg/nifti_data/datalist.json")
     assert seg.network.args["init_filters"] == 32
     assert seg.network.args["blocks_down"] == [1, 2, 2, 4, 4]
@@ -169,26 +172,52 @@ def test_cli_reports_a_bad_config_in_one_line_and_exits_nonzero(tmp_path):
     assert not (tmp_path / "inv.csv").exists()
 
 
-# --- world size from the job's allocation (resources.gpu) -----------------------------------
+# --- each model's job: its allocation, and the world size the job got ----------------------
+
+def test_a_model_allocation_replaces_the_shared_keys_it_sets():
+    cfg = config.from_dict({"train": {"gpus": 7, "allocation": {"cpus": 63, "mem_gb": 920}},
+                            "models": {"a": {"network": {"type": "swinunetr"}},
+                                       "b": {"network": {"type": "swinunetr"},
+                                             "allocation": {"gpus": 2, "mem_gb": 300}}}})
+    assert cfg.allocation("a") == config.Allocation(gpus=7, cpus=63, mem_gb=920, nodes=1)
+    assert cfg.allocation("b") == config.Allocation(gpus=2, cpus=63, mem_gb=300, nodes=1)
+    assert (cfg.world_size("a"), cfg.world_size("b")) == (7, 2)
+    assert cfg.allocation("b").mem_mb == 300 * 1024
+    # the probe runs in the largest job, at its ranks per node
+    assert cfg.probe_allocation == config.Allocation(gpus=7, cpus=63, mem_gb=920, nodes=1)
+
+
+def test_nodes_multiply_the_ranks_per_node():
+    gpu = config.from_dict({"train": {"gpus": 4, "allocation": {"nodes": 2}},
+                            "models": {"a": {"network": {"type": "swinunetr"}}}})
+    assert (gpu.ranks_per_node("a"), gpu.world_size("a")) == (4, 8)
+    cpu = config.from_dict({"train": {"gpus": 0, "cpu_ranks": 1, "allocation": {"nodes": 2}},
+                            "models": {"a": {"network": {"type": "swinunetr"}}}})
+    assert (cpu.ranks_per_node("a"), cpu.world_size("a")) == (1, 2)
+
+
+MODEL_A = {"models": {"a": {"network": {"type": "swinunetr"}}}}
+
 
 def test_gpu_run_takes_its_world_size_from_the_allocation():
-    cfg = config.from_dict({"train": {"gpus": 7}})
-    four = config.with_allocation(cfg, 4)
-    assert four.train.world_size == 4
-    assert config.to_dict(four)["train"]["gpus"] == 4  # the resolved config says so too
-    assert cfg.train.world_size == 7  # the original is unchanged
-    assert config.with_allocation(cfg, 7) is cfg
+    cfg = config.from_dict({"train": {"gpus": 7}, **MODEL_A})
+    four = config.with_allocation(cfg, "a", 4)
+    assert four.world_size("a") == 4
+    assert config.to_dict(four)["models"]["a"]["allocation"]["gpus"] == 4  # resolved config too
+    assert cfg.world_size("a") == 7  # the original is unchanged
+    assert config.with_allocation(cfg, "a", 7) is cfg
+    assert config.with_allocation(cfg, "a", 4, nodes=2).world_size("a") == 8
 
 
 def test_cpu_run_keeps_its_ranks_under_a_gpu_allocation():
-    cfg = config.from_dict({"train": {"gpus": 0, "cpu_ranks": 2}})
-    assert config.with_allocation(cfg, 7) is cfg  # the embedded default under profiles/slurm
+    cfg = config.from_dict({"train": {"gpus": 0, "cpu_ranks": 2}, **MODEL_A})
+    assert config.with_allocation(cfg, "a", 7).world_size("a") == 2  # embedded default, Slurm
 
 
 def test_gpu_run_without_gpus_in_its_allocation_is_a_clear_error():
-    cfg = config.from_dict({"train": {"gpus": 7}})
+    cfg = config.from_dict({"train": {"gpus": 7}, **MODEL_A})
     with pytest.raises(ConfigError, match=r"train.gpus' = 7 .* resources.gpu = 0"):
-        config.with_allocation(cfg, 0)
+        config.with_allocation(cfg, "a", 0)
 
 
 def test_findings_overlay_turns_on_what_the_field_found_and_keeps_the_rest_of_the_cluster():
@@ -202,3 +231,9 @@ def test_findings_overlay_turns_on_what_the_field_found_and_keeps_the_rest_of_th
         assert spec.ema_decay is None and spec.sampling == "uniform" and spec.mixup_p > 0
         assert (m.network, m.roi_size, m.lr, m.epochs) == (
             spec.network, spec.roi_size, spec.lr, spec.epochs)
+    # side by side: two GPUs each, and the three jobs together fit the spec's reserved node
+    jobs = [cfg.allocation(n) for n in cfg.models]
+    assert {a.gpus for a in jobs} == {2} and all(a.nodes == 1 for a in jobs)
+    spec_node = base.allocation("segresnet")
+    assert (sum(a.gpus for a in jobs), sum(a.cpus for a in jobs)) <= (7, spec_node.cpus)
+    assert sum(a.mem_gb for a in jobs) <= spec_node.mem_gb

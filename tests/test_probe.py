@@ -147,3 +147,47 @@ def test_unmeasured_strategies_appear_as_infeasible_in_the_table():
 def test_spec_design_estimate_is_60_bytes_per_voxel_per_rank():
     est = estimates(memory_result(), world=7)["spec"]
     assert est["per_node_bytes"] == pytest.approx(7 * 60 * VOX)
+
+
+# --- jobs side by side: each within its own allocation ------------------------------------------
+
+def side_by_side(mem_gb: dict[str, float], **caching):
+    net = {"type": "swinunetr"}
+    return from_dict({"caching": {"rank_allowance_gb": 16, **caching},
+                      "train": {"gpus": 7, "allocation": {"gpus": 2, "cpus": 21}},
+                      "models": {m: {"network": net, "allocation": {"mem_gb": gb}}
+                                 for m, gb in mem_gb.items()}})
+
+
+def test_each_job_is_budgeted_its_own_memory_at_its_own_ranks_per_node():
+    out = select(memory_result(world=2), side_by_side({"a": 300, "b": 300, "c": 300}))
+    assert out["strategy"] == "B"
+    for job in out["jobs"].values():
+        assert job["ranks_per_node"] == 2 and job["memory_bytes"] == 300 * GiB
+        assert job["budget_bytes"] == pytest.approx(0.7 * 300 * GiB - 2 * 16 * GiB)
+        assert job["per_node_bytes"]["A"] == pytest.approx(2 * 2.1 * VOX)  # 2 ranks, not 7
+    assert "a's budget" in out["reason"] and "c's budget" in out["reason"]
+
+
+def test_the_tightest_job_decides_and_is_named():
+    out = select(memory_result(world=2), side_by_side({"a": 300, "b": 100}))
+    assert out["strategy"] == "C"
+    assert out["estimates"]["B"]["why"].startswith("b's job needs")
+    assert out["budget_bytes"] == pytest.approx(0.7 * 100 * GiB - 2 * 16 * GiB)
+
+
+def test_jobs_without_their_own_memory_share_what_the_probe_saw():
+    cfg = side_by_side({"a": 300, "b": 300, "c": 300})
+    cfg = dataclasses.replace(cfg, models={n: dataclasses.replace(
+        m, allocation=dataclasses.replace(m.allocation, mem_gb=None))
+        for n, m in cfg.models.items()})
+    out = select(memory_result(world=2, available=900 * GiB), cfg)
+    assert {j["memory_bytes"] for j in out["jobs"].values()} == {300 * GiB}
+    assert "3 jobs that may run side by side" in out["reason"]
+
+
+def test_a_job_memory_is_capped_by_the_node_it_runs_on():
+    mem = memory_result(world=2)
+    mem["host"]["ram_total_bytes"] = 256 * GiB
+    out = select(mem, side_by_side({"a": 300}))
+    assert out["jobs"]["a"]["memory_bytes"] == 256 * GiB

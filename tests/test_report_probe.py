@@ -45,3 +45,12 @@ def test_memory_page_lists_host_facts_and_costs_per_voxel():
     assert "<td>cgroup limit</td><td>n/a</td>" in page
     assert "<td>A</td><td>2.000</td><td>0.100</td><td>2.100</td>" in page
     assert "spec&#x27;s CacheDataset (one crop)</td><td>60.0" in page
+
+
+def test_caching_page_shows_each_training_job_budget():
+    job = {"nodes": 1, "ranks_per_node": 2, "memory_bytes": 300 * GIB,
+           "memory_from": "allocation.mem_gb of <a>'s job", "budget_bytes": 178 * GIB,
+           "per_node_bytes": {"A": 156 * GIB, "B": 75 * GIB}}
+    page = caching_html({**selection(), "jobs": {"a": job, "b": job}})
+    assert "<td>a</td><td>1</td><td>2</td><td>300.00 GiB</td>" in page
+    assert "of &lt;a&gt;&#x27;s job" in page and "A 156.00 GiB, B 75.00 GiB" in page

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,9 @@ from cellmapseg.data.inventory import validation_crop_ids
 pytestmark = pytest.mark.slow
 
 MODELS = sorted(yaml.safe_load(EMBEDDED_CONFIG.read_text())["models"])
-GPU_RULES = {"train", "memory_probe"}  # the reserved allocation (profile: GPUS/CPUS/MEM_MB)
+GPU_RULES = {"train", "memory_probe"}  # a share of the reserved node (the config's allocation)
+# tests/ci_training.yaml's train.allocation: a third of the reserved 63 cores and of the node.
+JOB_GPUS, JOB_CPUS, JOB_MEM = 2, 21, "300G"
 
 
 def _need(cluster: SlurmCluster | None) -> SlurmCluster:
@@ -120,11 +123,22 @@ def test_gpu_rules_asked_for_the_reserved_allocation(dag):
         assert r["Reservation"] == TEST_SITE.reservation, where
         assert r["QOS"] == TEST_SITE.qos, where
         assert r["Account"] == TEST_SITE.account, where
-        assert f"gres/gpu={NODE_GPUS}" in r["ReqTRES"].split(","), f"{where}: {r['ReqTRES']}"
-        assert r["ReqCPUS"] == str(RESERVED_CORES), where
-        assert r["ReqMem"] == "920G", where
+        assert f"gres/gpu={JOB_GPUS}" in r["ReqTRES"].split(","), f"{where}: {r['ReqTRES']}"
+        assert r["ReqCPUS"] == str(JOB_CPUS), where
+        assert r["ReqMem"] == JOB_MEM, where
         if _rule(r) == "train":
             assert r["Timelimit"] == "11-00:00:00", where
+
+
+def test_the_three_train_jobs_ran_side_by_side_on_the_node(dag):
+    # Each asks for a third of the reservation, so Slurm starts all three at once: there is a
+    # moment when every one of them is running.
+    rows = [r for r in _dag_rows(dag) if _rule(r) == "train"]
+    assert len(rows) == len(MODELS) == 3
+    starts = [datetime.fromisoformat(r["Start"]) for r in rows]
+    ends = [datetime.fromisoformat(r["End"]) for r in rows]
+    assert max(starts) < min(ends), [(r["Comment"], r["Start"], r["End"]) for r in rows]
+    assert len(rows) * JOB_CPUS <= RESERVED_CORES and len(rows) * JOB_GPUS <= NODE_GPUS
 
 
 def test_only_gpu_rules_use_the_reservation(dag):
@@ -141,18 +155,18 @@ def test_the_probe_saw_the_allocation_from_inside(dag):
     host = json.loads((dag.workdir / "results/probe/memory.json").read_text())["host"]
     assert host["slurm"]["SLURM_JOB_PARTITION"] == TEST_SITE.gpu_partition, host
     assert host["slurm"]["SLURM_NTASKS"] == "1"  # one task holds every GPU; torchrun forks ranks
-    assert host["slurm"]["SLURM_CPUS_PER_TASK"] == str(RESERVED_CORES)
-    assert host["slurm"]["SLURM_GPUS_ON_NODE"] == str(NODE_GPUS)
-    assert host["gpus"]["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, range(NODE_GPUS)))
+    assert host["slurm"]["SLURM_CPUS_PER_TASK"] == str(JOB_CPUS)
+    assert host["slurm"]["SLURM_GPUS_ON_NODE"] == str(JOB_GPUS)
+    assert len(host["gpus"]["CUDA_VISIBLE_DEVICES"].split(",")) == JOB_GPUS
 
 
-def test_gpu_rules_read_the_allocation_the_profile_asked_for(dag):
-    # resources.gpu inside the job is the profile's GPUS (the world size of a GPU config); the
-    # embedded default trains on CPU (train.gpus 0), so it keeps its one CPU rank.
-    for name in ["memory_probe", *(f"train_{m}" for m in MODELS)]:
-        text = (dag.workdir / f"results/logs/{name}.log").read_text()
-        assert f"allocation: resources.gpu = {NODE_GPUS}, train.gpus = 0 -> world size 1" \
-            in text, f"{name}: {text[-2000:]}"
+def test_train_jobs_read_the_allocation_the_config_asked_for(dag):
+    # resources.gpu inside the job is the config's allocation (the ranks per node of a GPU
+    # config); the embedded default trains on CPU (train.gpus 0), so it keeps its one CPU rank.
+    for m in MODELS:
+        text = (dag.workdir / f"results/logs/train_{m}.log").read_text()
+        assert (f"allocation of {m}: resources.gpu = {JOB_GPUS}, nodes = 1, train.gpus = 0 -> "
+                "world size 1 (1 per node)") in text, f"{m}: {text[-2000:]}"
 
 
 # --- what a user sees when something goes wrong -----------------------------------------------

@@ -107,6 +107,20 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class Allocation:
+    """What one training job asks the scheduler for, per node (None: not set here)."""
+
+    gpus: int | None
+    cpus: int | None
+    mem_gb: float | None
+    nodes: int | None
+
+    @property
+    def mem_mb(self) -> int | None:
+        return None if self.mem_gb is None else int(round(self.mem_gb * 1024))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     gpus: int
     cpu_ranks: int
@@ -115,9 +129,12 @@ class TrainConfig:
     deterministic: bool
     tensorboard: bool
     cuda_env: dict[str, str]
+    allocation: Allocation  # every model's, unless the model sets its own
 
     @property
     def world_size(self) -> int:
+        """Ranks of one node of a job with the default allocation (the models' own
+        allocations: Config.world_size)."""
         return self.gpus if self.gpus > 0 else self.cpu_ranks
 
 
@@ -166,6 +183,7 @@ class ModelConfig:
     mixup_beta: float
     ds_weights: tuple[float, ...] | None
     lvl_weights: tuple[float, ...] | None
+    allocation: Allocation  # its keys replace train.allocation's where set
 
     def class_weight_list(self, ontology: Ontology) -> list[float]:
         """One loss weight per atomic class, in channel order (names and length checked on
@@ -350,6 +368,46 @@ class Config:
             known = ", ".join(sorted(self.models)) or "none"
             raise ConfigError(f"config: unknown model key '{name}' (configured: {known})")
         return self.models[name]
+
+    def allocation(self, name: str) -> Allocation:
+        """Model `name`'s training job, per node: its own allocation's keys, else
+        train.allocation's; GPUs default to train.gpus and nodes to 1."""
+        own, shared = self.model(name).allocation, self.train.allocation
+
+        def pick(key: str) -> Any:
+            value = getattr(own, key)
+            return getattr(shared, key) if value is None else value
+
+        gpus, nodes = pick("gpus"), pick("nodes")
+        return Allocation(gpus=self.train.gpus if gpus is None else gpus, cpus=pick("cpus"),
+                          mem_gb=pick("mem_gb"), nodes=1 if nodes is None else nodes)
+
+    def ranks_per_node(self, name: str) -> int:
+        """Training ranks on each node: its GPUs (GPU training), or train.cpu_ranks."""
+        return self.allocation(name).gpus if self.train.gpus > 0 else self.train.cpu_ranks
+
+    def world_size(self, name: str) -> int:
+        return self.ranks_per_node(name) * self.allocation(name).nodes
+
+    @property
+    def probe_allocation(self) -> Allocation:
+        """The memory probe's job: one node as large as the largest training job's, on every
+        key (the same node type; per-rank costs at the densest ranks per node)."""
+        jobs = [self.allocation(n) for n in self.models]
+
+        def most(key: str) -> Any:
+            values = [getattr(a, key) for a in jobs if getattr(a, key) is not None]
+            return max(values, default=None)
+
+        return Allocation(gpus=most("gpus") or self.train.gpus, cpus=most("cpus"),
+                          mem_gb=most("mem_gb"), nodes=1)
+
+    @property
+    def probe_ranks(self) -> int:
+        """Ranks of the memory probe: the most any model's job starts on one node (capped by
+        caching.probe_max_ranks), so that per-rank costs are measured at that density."""
+        most = max((self.ranks_per_node(n) for n in self.models), default=self.train.world_size)
+        return max(1, min(most, self.caching.probe_max_ranks))
 
 
 @cache
@@ -568,18 +626,23 @@ def to_dict(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def with_allocation(cfg: Config, gpus: int) -> Config:
-    """The config with the world size of the job's allocation: `gpus` is the rule's
-    resources.gpu, which the Slurm profile sets (CELLMAPSEG_SLURM_GPUS) and which a local run
-    takes from train.gpus. A CPU config (train.gpus = 0) keeps train.cpu_ranks whatever the
-    allocation holds, so the embedded default runs unchanged under the production profile."""
-    if cfg.train.gpus == 0 or gpus == cfg.train.gpus:
-        return cfg
-    if gpus <= 0:
+def with_allocation(cfg: Config, name: str, gpus: int, nodes: int = 1) -> Config:
+    """The config with model `name`'s allocation as the job got it: `gpus` per node and
+    `nodes` are the rule's resources, which the config sets (models.NAME.allocation, else
+    train.allocation and train.gpus) and a --set-resources may change. A CPU config
+    (train.gpus = 0) keeps train.cpu_ranks per node whatever GPUs the allocation holds, so the
+    embedded default runs unchanged in a GPU allocation."""
+    want = cfg.allocation(name)
+    if cfg.train.gpus > 0 and gpus <= 0:
         raise ConfigError(f"config: key 'train.gpus' = {cfg.train.gpus} (GPU training) but the "
                           f"job's allocation has resources.gpu = {gpus}; give the rule GPUs "
-                          "(Slurm profile: CELLMAPSEG_SLURM_GPUS) or set train.gpus to 0")
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpus=int(gpus)))
+                          f"(models.{name}.allocation.gpus) or set train.gpus to 0")
+    if (want.gpus, want.nodes) == (gpus, nodes):
+        return cfg
+    m = cfg.model(name)
+    got = dataclasses.replace(m.allocation, gpus=int(gpus), nodes=int(nodes))
+    return dataclasses.replace(cfg, models={**cfg.models,
+                                            name: dataclasses.replace(m, allocation=got)})
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,29 +97,27 @@ def select_caching(cfg: Config, memory: Path, out: Path) -> None:
 def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: Path,
           threads: int | None = None) -> None:
     """Check what can be checked before any GPU work, then start the ranks with torchrun."""
-    from cellmapseg.runtime.torchrun import (
-        run_logged,
-        threads_per_rank,
-        torchrun_command,
-        usable_cpus,
-    )
+    from cellmapseg.runtime.torchrun import launch, run_logged, threads_per_rank, usable_cpus
     from cellmapseg.train.preflight import prepare_training
 
     m = cfg.model(model)
     cfg = prepare_training(cfg, m, inventory_csv, caching, usable_cpus(threads))
     files = TrainFiles(out_dir)
     config_mod.write_resolved(cfg, files.config)
-    world = cfg.train.world_size
-    cmd = torchrun_command(world, "cellmapseg.train.rank", [
-        "--model", model, "--config", files.config, "--inventory", inventory_csv,
-        "--caching", caching, "--out", out_dir])
+    world, per_node, nodes = (cfg.world_size(model), cfg.ranks_per_node(model),
+                              cfg.allocation(model).nodes)
     gpu = cfg.train.gpus > 0
     fixed = None if gpu else cfg.train.cpu_threads  # bit-identical wherever it runs
-    per_rank = max(1, fixed // world) if fixed else threads_per_rank(threads, world)
-    env = {**os.environ, "OMP_NUM_THREADS": str(per_rank),
-           **(cfg.train.cuda_env if gpu else {}),
-           **({"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if gpu and cfg.train.deterministic else {})}
-    log.info("training %s with %d rank(s); log: %s", model, world, files.log)
+    # the same threads per rank on any layout of the same world size (1 node x 2, 2 x 1)
+    per_rank = max(1, fixed // world) if fixed else threads_per_rank(threads, per_node)
+    cmd, env = launch(nodes, per_node, "cellmapseg.train.rank", [
+        "--model", model, "--config", files.config, "--inventory", inventory_csv,
+        "--caching", caching, "--out", out_dir], cpus=cfg.allocation(model).cpus)
+    env.update({"OMP_NUM_THREADS": str(per_rank), **(cfg.train.cuda_env if gpu else {}),
+                **({"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+                   if gpu and cfg.train.deterministic else {})})
+    log.info("training %s with %d rank(s) (%d node(s) x %d); log: %s", model, world, nodes,
+             per_node, files.log)
     run_logged(cmd, env, files.log, f"training {model}")
 
 

@@ -1,6 +1,7 @@
 # Stage 2: measure the caching strategies' memory with ranks started like training, then choose
-# the strategy training will use. On the cluster the probe runs in the same kind of allocation as
-# training (same GPUs, so the same world size and node type): see the gpu/cpus resources.
+# the strategy training will use (one for all models: they share the node's store, each within
+# its own job's memory). On the cluster the probe runs in the largest of the training jobs'
+# allocations (the same node type and ranks per node): see its resources.
 
 
 rule memory_probe:
@@ -12,9 +13,11 @@ rule memory_probe:
     params:
         caching=config["caching"],
         train=config["train"],
-    threads: max(1, min(CFG.train.world_size, CFG.caching.probe_max_ranks))
+    threads: CFG.probe_ranks
     resources:
-        gpu=CFG.train.gpus,
+        gpu=CFG.probe_allocation.gpus,
+        cpus_per_task=CFG.probe_allocation.cpus,
+        mem_mb=CFG.probe_allocation.mem_mb,
     log:
         str(R.log("memory_probe")),
     conda:

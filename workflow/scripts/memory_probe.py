@@ -4,5 +4,5 @@ from cellmapseg.runtime.process import bad_input_exits
 from cellmapseg.runtime.snakemake import from_snakemake
 
 with bad_input_exits():
-    stages.probe(from_snakemake(snakemake, allocation=True), snakemake.input.inventory,
+    stages.probe(from_snakemake(snakemake), snakemake.input.inventory,
                  snakemake.output.json)

@@ -1,10 +1,17 @@
 """Caching-strategy selection → results/probe/caching_strategy.json (what training reads).
 
-Estimates each strategy's RAM per rank and per node for the whole dataset at the planned world
-size from the probe's measured bytes per voxel, checks it against the budget
-(available RAM x ram_fraction - rank_allowance x world size, plus the folder space a store
-needs) and picks one: `auto` prefers B, then D, then C; a forced strategy that cannot fit stops
-here, before any GPU work, with the estimate that rules it out.
+Estimates each strategy's RAM per rank and per node for the whole dataset from the probe's
+measured bytes per voxel, for every training job at its own ranks per node, checks it against
+that job's budget (its memory x ram_fraction - rank_allowance x its ranks per node, plus the
+folder space a store needs) and picks one strategy for all models: `auto` prefers B, then D,
+then C; a forced strategy that cannot fit stops here, before any GPU work, with the estimate
+that rules it out.
+
+Jobs side by side on one node: Slurm places a job only where its --mem fits, so each job's
+memory (models.NAME.allocation.mem_gb) is its budget, and the node's memory is divided among
+the concurrent jobs by those settings. B's store is one per node, shared by every job there (it
+is named by the crops, not the model), and is charged to the job that builds it: every job's
+budget must hold it.
 """
 
 from __future__ import annotations
@@ -95,32 +102,88 @@ def _fits(name: str, est: dict[str, Any], budget: float, memory: dict[str, Any],
     return True, f"fits: {_fmt(est['per_node_bytes'])} per node <= budget {_fmt(budget)}"
 
 
-def select(memory: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    world = memory["world_size"]
-    available = memory["host"]["job_available_bytes"]
+def jobs(memory: dict[str, Any], cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every training job's ranks per node, memory and budget (bytes). A job's memory is its
+    --mem (allocation.mem_gb, at most the node's RAM), which Slurm reserves for it whatever
+    runs beside it; a job without one shares what the probe's job had with the other models'
+    jobs, which may run side by side. With no models configured: one job at the probe's
+    planned world size."""
     allowance = cfg.caching.rank_allowance_gb * GiB
-    budget = available * cfg.caching.ram_fraction - allowance * world
+    host = memory["host"]
+    names = list(cfg.models) or ["train"]
+    shared = host["job_available_bytes"] / len(names)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        a = cfg.allocation(name) if cfg.models else None
+        ranks = cfg.ranks_per_node(name) if a else memory["world_size"]
+        if a is not None and a.mem_gb is not None:
+            mem = min(a.mem_gb * GiB, host.get("ram_total_bytes") or float("inf"))
+            source = f"allocation.mem_gb of {name}'s job"
+        else:
+            mem = shared
+            source = ("the probe's job" if len(names) == 1 else
+                      f"the probe's job / {len(names)} jobs that may run side by side")
+        out[name] = {"ranks_per_node": ranks, "nodes": a.nodes if a else 1,
+                     "memory_bytes": mem, "memory_from": source,
+                     "budget_bytes": mem * cfg.caching.ram_fraction - allowance * ranks}
+    return out
+
+
+def _fits_every_job(name: str, per_job: dict[str, dict[str, Any]], budgets: dict[str, Any],
+                    memory: dict[str, Any], cfg: Config) -> tuple[bool, str]:
+    """Whether strategy `name` fits every job; the why of the tightest job (the first that
+    fails, else the one with the least room)."""
+    results = {j: _fits(name, per_job[j][name], budgets[j]["budget_bytes"], memory, cfg)
+               for j in per_job}
+    failed = [j for j, (ok, _) in results.items() if not ok]
+    if failed:
+        return False, _for_job(failed[0], results[failed[0]][1], len(per_job))
+    tight = min(per_job, key=lambda j: budgets[j]["budget_bytes"]
+                - per_job[j][name]["per_node_bytes"])
+    return True, _for_job(tight, results[tight][1], len(per_job))
+
+
+def _for_job(job: str, why: str, n: int) -> str:
+    return why if n == 1 else f"{job}'s job {why}"
+
+
+def select(memory: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    budgets = jobs(memory, cfg)
+    world = max(j["ranks_per_node"] for j in budgets.values())
+    tightest = min(budgets, key=lambda j: budgets[j]["budget_bytes"])
+    available = budgets[tightest]["memory_bytes"]
+    allowance = cfg.caching.rank_allowance_gb * GiB
+    budget = budgets[tightest]["budget_bytes"]
     table = estimates(memory, world)
+    per_job = {j: estimates(memory, b["ranks_per_node"]) for j, b in budgets.items()}
     for name in ("A", "B", "C", "D", "E"):
         if name not in table:
             why = memory.get("skipped", {}).get(name, "not measured by the probe")
             table[name] = {"per_rank_bytes": None, "per_node_bytes": None, "feasible": False,
                            "why": f"not measured: {why}"}
     for name, est in table.items():
-        if "feasible" not in est:
+        if "feasible" in est:
+            continue
+        if name in ("E", "spec"):
             est["feasible"], est["why"] = _fits(name, est, budget, memory, cfg)
+        else:
+            est["feasible"], est["why"] = _fits_every_job(name, per_job, budgets, memory, cfg)
+    for j, b in budgets.items():
+        b["per_node_bytes"] = {k: v["per_node_bytes"] for k, v in per_job[j].items()
+                               if k in ("A", "B", "C", "D")}
     requested = cfg.caching.strategy
     chosen = _choose(requested, table, budget)
     return {
         "version": VERSION,
         "strategy": chosen,
         "requested": requested,
-        "reason": _reason(chosen, requested, table, memory, cfg, budget, available),
+        "reason": _reason(chosen, requested, table, memory, cfg, budgets),
         "world_size": world,
         "available_bytes": available,
         "ram_fraction": cfg.caching.ram_fraction,
         "rank_allowance_bytes": allowance,
         "budget_bytes": budget,
+        "jobs": budgets,
         "store_dir": cfg.caching.store_dir,
         "disk_dir": cfg.caching.disk_dir,
         "d_threshold_mb": cfg.caching.d_threshold_mb,
@@ -143,8 +206,9 @@ def _choose(requested: str, table: dict[str, dict[str, Any]], budget: float) -> 
 
 
 def _reason(chosen: str, requested: str, table: dict[str, dict[str, Any]],
-            memory: dict[str, Any], cfg: Config, budget: float, available: float) -> str:
-    data, world = memory["data"], memory["world_size"]
+            memory: dict[str, Any], cfg: Config, budgets: dict[str, dict[str, Any]]) -> str:
+    data = memory["data"]
+    world = max(j["ranks_per_node"] for j in budgets.values())
     est = table[chosen]
     how = {
         "A": "every rank holds its own copy of all crops",
@@ -159,10 +223,9 @@ def _reason(chosen: str, requested: str, table: dict[str, dict[str, Any]],
     parts = [
         f"Strategy {chosen} ({why}): {how}.",
         f"Estimated {_fmt(est['per_node_bytes'])} per node ({_fmt(est['per_rank_bytes'])} per "
-        f"rank) for {data['voxels']:,} voxels at world size {world}, from "
+        f"rank) for {data['voxels']:,} voxels at {world} rank(s) per node, from "
         f"{memory['probe_ranks']} probe ranks x {len(memory['probe_crops'])} crops.",
-        f"Budget {_fmt(budget)} = {cfg.caching.ram_fraction:g} x {_fmt(available)} available "
-        f"- {world} x {cfg.caching.rank_allowance_gb:g} GiB per rank.",
+        *(_budget_line(name, b, cfg, len(budgets)) for name, b in budgets.items()),
     ]
     if table["A"].get("per_node_bytes") is not None and chosen != "A":
         parts.append(f"A would need {_fmt(table['A']['per_node_bytes'])}.")
@@ -171,6 +234,13 @@ def _reason(chosen: str, requested: str, table: dict[str, dict[str, Any]],
                      f"{memory['spec_cache']['cached_bytes_per_voxel']:.1f} bytes/voxel per rank: "
                      f"{_fmt(table['spec']['per_node_bytes'])} per node.")
     return " ".join(parts)
+
+
+def _budget_line(name: str, job: dict[str, Any], cfg: Config, n: int) -> str:
+    whose = "Budget" if n == 1 else f"{name}'s budget"
+    return (f"{whose} {_fmt(job['budget_bytes'])} = {cfg.caching.ram_fraction:g} x "
+            f"{_fmt(job['memory_bytes'])} ({job['memory_from']}) - {job['ranks_per_node']} x "
+            f"{cfg.caching.rank_allowance_gb:g} GiB per rank.")
 
 
 def _auto_why(chosen: str, table: dict[str, dict[str, Any]]) -> str:

@@ -47,7 +47,21 @@ def caching_html(selection: dict[str, Any]) -> str:
     return _page(f"Caching strategy {selection['strategy']}",
                  f"<p>{html.escape(selection['reason'])}</p>"
                  + _table(("decision", "value"), facts) + "<h3>Estimates</h3>"
-                 + _table(("strategy", "status", "per rank", "per node", "model", "why"), rows))
+                 + _table(("strategy", "status", "per rank", "per node", "model", "why"), rows)
+                 + _jobs(selection.get("jobs") or {}))
+
+
+def _jobs(jobs: dict[str, Any]) -> str:
+    """Each training job's budget and the chosen strategy's cost on one of its nodes."""
+    if not jobs:
+        return ""
+    rows = [(name, j["nodes"], j["ranks_per_node"], _gib(j["memory_bytes"]), j["memory_from"],
+             _gib(j["budget_bytes"]),
+             ", ".join(f"{k} {_gib(v)}" for k, v in j["per_node_bytes"].items()))
+            for name, j in jobs.items()]
+    return ("<h3>Training jobs (each within its own memory)</h3>"
+            + _table(("job", "nodes", "ranks per node", "memory", "from", "budget",
+                      "per node by strategy"), rows))
 
 
 def memory_html(memory: dict[str, Any]) -> str:

@@ -12,16 +12,19 @@ from cellmapseg.runtime.process import setup_logging
 log = logging.getLogger("cellmapseg")
 
 
-def from_snakemake(snakemake: Any, allocation: bool = False) -> Config:
+def from_snakemake(snakemake: Any, model: str | None = None) -> Config:
     """Config for a workflow/scripts wrapper: logging to the rule's log, validated config.
-    allocation=True (train, memory probe): the world size is the GPUs the job was given
-    (resources.gpu), not train.gpus, when the two differ on a GPU run."""
+    With `model` (train): that model's allocation as the job got it (resources.gpu per node
+    and resources.nodes), which is the config's unless a --set-resources changed it."""
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
     cfg = config_mod.from_dict(dict(snakemake.config))
-    if not allocation:
+    if model is None:
         return cfg
-    gpus = int(getattr(snakemake.resources, "gpu", cfg.train.gpus))
-    allocated = config_mod.with_allocation(cfg, gpus)
-    log.info("allocation: resources.gpu = %d, train.gpus = %d -> world size %d", gpus,
-             cfg.train.gpus, allocated.train.world_size)
+    want = cfg.allocation(model)
+    gpus = int(getattr(snakemake.resources, "gpu", want.gpus))
+    nodes = int(getattr(snakemake.resources, "nodes", want.nodes))
+    allocated = config_mod.with_allocation(cfg, model, gpus, nodes)
+    log.info("allocation of %s: resources.gpu = %d, nodes = %d, train.gpus = %d -> world size "
+             "%d (%d per node)", model, gpus, nodes, cfg.train.gpus,
+             allocated.world_size(model), allocated.ranks_per_node(model))
     return allocated

@@ -1,10 +1,12 @@
-"""How ranks are started: torchrun on one node, the same for the memory probe and training."""
+"""How ranks are started: torchrun on one node, the same for the memory probe and training;
+on more than one node, one torchrun agent per node (srun) meeting at a c10d rendezvous."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,65 @@ def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
         f"--nproc_per_node={nproc}", "-m", module, *map(str, args),
     ]
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the rendezvous store binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def multinode_command(nnodes: int, nproc: int, module: str, args: Sequence[str],
+                      endpoint: str, run_id: str) -> list[str]:
+    """argv of ONE node's torchrun agent of an `nnodes`-node job: every agent gets the same
+    command; they meet at the c10d rendezvous `endpoint` (host:port, served by the agent on
+    that host) and agree on node ranks there, so no agent needs to know its own."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
+        f"--nproc_per_node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={run_id}", "-m", module, *map(str, args),
+    ]
+
+
+# What a nested srun must not inherit from the step it runs in (they would size the new step
+# like the old one: one task, one node); the allocation's identity is kept.
+_SLURM_KEEP = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_SUBMIT_DIR",
+               "SLURM_SUBMIT_HOST", "SLURM_CONF")
+
+
+def srun_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items()
+            if not k.startswith(("SLURM_", "SRUN_", "SBATCH_")) or k in _SLURM_KEEP}
+
+
+def srun_command(nnodes: int, cpus: int | None, agent: Sequence[str]) -> list[str]:
+    """srun starting `agent` once on each of the job's `nnodes` nodes. --overlap: the step
+    this stage runs in (the jobstep plugin's `srun -n1`) keeps its share of the first node, and
+    the new step shares it; every step gets all of the job's GPUs on its nodes by default."""
+    return ["srun", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
+            "--overlap", "--kill-on-bad-exit=1", *([f"--cpus-per-task={cpus}"] if cpus else []),
+            *agent]
+
+
+def launch(nnodes: int, nproc: int, module: str, args: Sequence[str],
+           cpus: int | None = None, env: Mapping[str, str] | None = None
+           ) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) that start `nproc` ranks on each of `nnodes` nodes: torchrun
+    --standalone on one node, else srun with one agent per node inside the Slurm job this
+    process runs in (it hosts the rendezvous: Slurm runs the job's steps on its first node)."""
+    env = dict(os.environ if env is None else env)
+    if nnodes == 1:
+        return torchrun_command(nproc, module, args), env
+    job_nodes = env.get("SLURM_JOB_NUM_NODES")
+    if job_nodes is None or int(job_nodes) != nnodes:
+        raise InputError(f"config: {nnodes} nodes (allocation.nodes) need a Slurm job of "
+                         f"{nnodes} nodes; this job has {job_nodes or 'no Slurm allocation'} "
+                         "(run through profiles/slurm, or set nodes to 1)")
+    run_id = env.get("SLURM_JOB_ID", str(os.getpid()))
+    agent = multinode_command(nnodes, nproc, module, args,
+                              f"{socket.gethostname()}:{free_port()}", run_id)
+    return srun_command(nnodes, cpus, agent), srun_env(env)
 
 
 def die_with_parent() -> None:

@@ -40,7 +40,7 @@ def prepare_training(cfg: Config, m: ModelConfig, inventory_csv: Path, caching: 
     """The checks and the store; returns `cfg` as the ranks must see it (weights resolved)."""
     check_model(m)
     inv = read_inventory(inventory_csv)
-    check_batch(m, int((inv["split"] == "training").sum()), cfg.train.world_size)
+    check_batch(m, int((inv["split"] == "training").sum()), cfg.world_size(m.name))
     selection = read_selection(caching)
     settings = from_selection(cfg.caching, selection)
     check_store_space(selection["strategy"], inv, settings)  # e.g. /dev/shm full
