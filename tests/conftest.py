@@ -205,17 +205,17 @@ def probe_stages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
-def tiny_two_rank_job(root: Path, model: dict, data_seed: int, seed: int | None = None) -> Path:
-    """A small synthetic dataset, its inventory, a strategy-B selection and a 2-rank CPU config
-    with one model `tiny`, all under `root`, for tests that start the real training ranks."""
-    import yaml
-
+def tiny_training_inputs(root: Path, strategy: str = "B", seed: int | None = None,
+                         data_seed: int = 5, **synthetic) -> dict:
+    """A small synthetic dataset (4 training crops, 1 validation crop of about 24^3 voxels
+    unless `synthetic` says otherwise), its inventory (root/inventory.csv) and a caching
+    decision for `strategy` (root/caching.json); returns the raw config that reads them."""
     from cellmapseg.config import from_dict
     from cellmapseg.data.inventory import write_inventory
     from cellmapseg.synthetic.generate import generate
 
-    syn = {"n_train": 3, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
-           "small_shape": [12, 24, 24], "seed": data_seed}
+    syn = {"n_train": 4, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
+           "small_shape": [12, 24, 24], "seed": data_seed, **synthetic}
     raw: dict = {"data": {"synthetic": syn}} if seed is None else {"seed": seed,
                                                                      "data": {"synthetic": syn}}
     made = from_dict(raw)
@@ -223,8 +223,17 @@ def tiny_two_rank_job(root: Path, model: dict, data_seed: int, seed: int | None 
                                            made.classes))
     write_inventory(from_dict(raw), root / "inventory.csv")
     (root / "caching.json").write_text(json.dumps(
-        {"strategy": "B", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
+        {"strategy": strategy, "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
          "d_threshold_mb": 500}))
+    return raw
+
+
+def tiny_two_rank_job(root: Path, model: dict, data_seed: int, seed: int | None = None) -> Path:
+    """tiny_training_inputs (3 training crops) and a 2-rank CPU config with one model `tiny`,
+    all under `root`, for tests that start the real training ranks."""
+    import yaml
+
+    raw = tiny_training_inputs(root, seed=seed, data_seed=data_seed, n_train=3)
     cfg = {**raw, "train": {"cpu_ranks": 2, "num_workers": 1}, "models": {"tiny": model}}
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     return root

@@ -15,14 +15,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import tiny_model
+from conftest import tiny_model, tiny_training_inputs
 
-from cellmapseg.config import from_dict
-from cellmapseg.data.inventory import write_inventory
 from cellmapseg.errors import InputError
 from cellmapseg.models import checkpoint
 from cellmapseg.runtime.torchrun import launch, srun_env
-from cellmapseg.synthetic.generate import generate
 
 FAKE_SRUN = """#!{python}
 import json, os, subprocess, sys
@@ -44,15 +41,7 @@ sys.exit(max(p.wait() for p in procs))
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
-    syn = {"n_train": 4, "n_val": 1, "shape": [24, 24, 24], "large_shape": [28, 28, 28],
-           "small_shape": [12, 24, 24], "seed": 11}
-    raw = {"data": {"synthetic": syn}}
-    raw["data"]["datalist"] = str(generate(from_dict(raw).data.synthetic, (8.0,) * 3,
-                                           root / "data", from_dict(raw).classes))
-    write_inventory(from_dict(raw), root / "inventory.csv")
-    (root / "caching.json").write_text(json.dumps(
-        {"strategy": "B", "store_dir": str(root / "shm"), "disk_dir": str(root / "disk"),
-         "d_threshold_mb": 500}))
+    raw = tiny_training_inputs(root, data_seed=11)
     srun = root / "bin" / "srun"
     srun.parent.mkdir()
     srun.write_text(FAKE_SRUN.format(python=sys.executable))

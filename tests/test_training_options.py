@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tiny_training_inputs
 from torch import nn
 
 from cellmapseg import config as config_mod
 from cellmapseg.config import from_dict
-from cellmapseg.data.inventory import read_inventory, write_inventory
+from cellmapseg.data.inventory import read_inventory
 from cellmapseg.errors import ConfigError
 from cellmapseg.models import checkpoint
 from cellmapseg.models.net import Net
 from cellmapseg.predict.crops import load_model
-from cellmapseg.synthetic.generate import generate
 from cellmapseg.train import distributed
 from cellmapseg.train.loop import FAULT_ENV, Trainer
 from cellmapseg.train.preflight import prepare_training
@@ -36,16 +35,7 @@ def job(tmp_path_factory):
     """A tiny synthetic dataset, its inventory, a caching decision (strategy B: the compact
     store on disk) and one gloo process group of one rank for the module."""
     root = tmp_path_factory.mktemp("options")
-    syn = {"n_train": 4, "n_val": 2, "shape": [24, 24, 24], "large_shape": [32, 32, 32],
-           "small_shape": [12, 24, 24], "seed": 5}
-    raw = {"data": {"synthetic": syn}}
-    made = from_dict(raw)
-    raw["data"]["datalist"] = str(generate(made.data.synthetic, (8.0,) * 3, root / "data",
-                                           made.classes))
-    write_inventory(from_dict(raw), root / "inventory.csv")
-    (root / "caching.json").write_text(json.dumps(
-        {"strategy": "B", "store_dir": str(root / "store"), "disk_dir": str(root / "disk"),
-         "d_threshold_mb": 500}))
+    raw = tiny_training_inputs(root, n_val=2, large_shape=[32, 32, 32])
     saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
                                             "LOCAL_RANK")}
     with socket.socket() as s:
@@ -255,6 +245,58 @@ def test_a_resumed_runs_events_replace_those_logged_after_its_checkpoint(tmp_pat
         again.log({"epoch": epoch, "train_loss": 10.0 * epoch})
     again.close()
     assert scalars(tmp_path, "train_loss") == [(1, 1.0), (2, 20.0), (3, 30.0)]
+
+
+def mlflow_runs(results: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(results / "mlruns").resolve().as_uri())
+    experiment = client.get_experiment_by_name("cellmapseg")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def history(client, run, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+
+
+def test_mlflow_store_holds_one_run_per_model_with_its_config_and_metrics(job, tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    root, raw, d = job
+    cfg = from_dict({**raw, "train": {"cpu_ranks": 1, "num_workers": 0, "mlflow": True,
+                                      "tensorboard": False},
+                     "models": {"tiny": tiny_model(epochs=2)}})
+    Trainer(cfg, "tiny", read_inventory(root / "inventory.csv"),
+            json.loads((root / "caching.json").read_text()), d, results / "tiny/train").fit()
+    client, runs = mlflow_runs(results)
+    (run,) = runs
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == str(cfg.model("tiny").lr)
+    assert run.data.params["network.type"] == "segresnet"
+    metrics = pd.read_csv(results / "tiny/train/metrics.csv")
+    for key in ("train_loss", "lr", "val_dice_mean"):
+        logged = history(client, run, key)
+        assert [s for s, _ in logged] == list(metrics["epoch"])
+        np.testing.assert_allclose([v for _, v in logged], metrics[key], rtol=1e-6)
+
+
+def test_a_resumed_run_continues_its_mlflow_run_with_one_point_per_epoch(tmp_path):
+    from cellmapseg.train.tracking import MlflowRun
+
+    store, id_file = tmp_path / "mlruns", tmp_path / "tiny/train/mlflow_run_id"
+    id_file.parent.mkdir(parents=True)
+    rows = [{"epoch": e, "train_loss": float(e)} for e in (1, 2, 3)]
+    first = MlflowRun(store, id_file, "tiny", {"lr": 0.1, "network": {"type": "x"}}, [])
+    first.log(rows[0])  # epoch 1 checkpointed and logged; the job died after checkpointing 2
+    again = MlflowRun(store, id_file, "tiny", {"lr": 0.1, "network": {"type": "x"}}, rows[:2])
+    again.log(rows[2])
+    again.log(rows[2])  # logged once whatever calls it twice
+    again.close(finished=True)
+    assert again.run_id == first.run_id
+    client, (run,) = mlflow_runs(tmp_path)
+    assert history(client, run, "train_loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert run.data.params == {"lr": "0.1", "network.type": "x"}
 
 
 @pytest.mark.slow

@@ -128,6 +128,7 @@ class TrainConfig:
     cpu_threads: int | None
     deterministic: bool
     tensorboard: bool
+    mlflow: bool
     cuda_env: dict[str, str]
     allocation: Allocation  # every model's, unless the model sets its own
 

@@ -75,6 +75,16 @@ class TrainFiles:
     def tensorboard(self) -> Path:
         return self.folder / "tensorboard"
 
+    @property
+    def mlflow_run_id(self) -> Path:
+        return self.folder / "mlflow_run_id"
+
+    @property
+    def mlruns(self) -> Path:
+        """MLflow's file store, shared by every model: results/mlruns beside results/{model}/
+        (a train folder is results/{model}/train)."""
+        return self.folder.parent.parent / "mlruns"
+
     def epoch(self, epoch: int) -> Path:
         """The weights kept at `epoch` (checkpoint_every)."""
         return self.folder / "checkpoints" / f"epoch_{epoch:04d}.pt"

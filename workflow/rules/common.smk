@@ -31,6 +31,18 @@ wildcard_constraints:
     crop=r"[^/]+",
 
 
+def job_gpus(w):
+    """--gpus of a one-node training job (its allocation's GPUs); none on more nodes, where
+    --gpus would be the job's total, spread as Slurm likes: job_gres asks per node there."""
+    a = CFG.allocation(w.model)
+    return a.gpus if a.nodes == 1 else None
+
+
+def job_gres(w):
+    a = CFG.allocation(w.model)
+    return f"gpu:{a.gpus}" if a.nodes > 1 and a.gpus else None
+
+
 def trained_summary(w):
     """The training summary of the model under an entry (its checkpoint, its config)."""
     return str(R.train(CFG.trained_model(w.model)).summary)

@@ -21,7 +21,8 @@ rule train:
         train=config["train"],
     threads: workflow.cores
     resources:
-        gpu=lambda w: CFG.allocation(w.model).gpus,
+        gpu=job_gpus,
+        gres=job_gres,
         nodes=lambda w: CFG.allocation(w.model).nodes,
         cpus_per_task=lambda w: CFG.allocation(w.model).cpus,
         mem_mb=lambda w: CFG.allocation(w.model).mem_mb,

@@ -83,11 +83,16 @@ class BorderRuns:
         lo2, hi2 = self.lo[2][z0:z1, y0:y1, None], self.hi[2][z0:z1, y0:y1, None]
         return (z < lo0) | (z > hi0) | (y < lo1) | (y > hi1) | (x < lo2) | (x > hi2)
 
-    def count(self, slab: int = 32) -> int:
-        """Padding voxels of the whole crop, a slab of planes at a time."""
+    def count(self, slab_voxels: int = 1 << 22) -> int:
+        """Padding voxels of the whole crop, in slabs of about `slab_voxels` (whole planes of
+        the first axis, or rows of one plane when a plane is larger): the mask and its
+        temporaries are a few times the slab, whatever the crop's size."""
         d, h, w = self.shape
-        return sum(int(self.mask((slice(z, min(z + slab, d)), slice(0, h), slice(0, w))).sum())
-                   for z in range(0, d, slab))
+        rows = max(1, min(h, slab_voxels // max(w, 1)))
+        planes = max(1, slab_voxels // max(h * w, 1)) if rows == h else 1
+        return sum(int(self.mask((slice(z, min(z + planes, d)), slice(y, min(y + rows, h)),
+                                  slice(0, w))).sum())
+                   for z in range(0, d, planes) for y in range(0, h, rows))
 
     def save(self, folder: str | Path) -> None:
         """One .npy per plane in `folder`, so readers map them (no copy per DataLoader

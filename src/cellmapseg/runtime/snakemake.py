@@ -21,10 +21,24 @@ def from_snakemake(snakemake: Any, model: str | None = None) -> Config:
     if model is None:
         return cfg
     want = cfg.allocation(model)
-    gpus = int(getattr(snakemake.resources, "gpu", want.gpus))
-    nodes = int(getattr(snakemake.resources, "nodes", want.nodes))
+    gpus = job_gpus(snakemake.resources, want.gpus)
+    nodes = getattr(snakemake.resources, "nodes", None)
+    nodes = want.nodes if nodes is None else int(nodes)
     allocated = config_mod.with_allocation(cfg, model, gpus, nodes)
     log.info("allocation of %s: resources.gpu = %d, nodes = %d, train.gpus = %d -> world size "
              "%d (%d per node)", model, gpus, nodes, cfg.train.gpus,
              allocated.world_size(model), allocated.ranks_per_node(model))
     return allocated
+
+
+def job_gpus(resources: Any, default: int) -> int:
+    """GPUs per node of the job: resources.gpu (one node), else the count of its gres
+    ("gpu:N" or "gpu:TYPE:N", per node), else `default`."""
+    gpu = getattr(resources, "gpu", None)
+    if gpu is not None:
+        return int(gpu)
+    gres = getattr(resources, "gres", None)
+    if isinstance(gres, str) and gres.startswith("gpu"):
+        last = gres.split(":")[-1]
+        return int(last) if last.isdigit() else 1
+    return default

@@ -38,7 +38,7 @@ from cellmapseg.models.registry import count_parameters
 from cellmapseg.train.data import TrainData, make_data, steps_per_epoch
 from cellmapseg.train.distributed import Dist, all_gather, mean, sync_batchnorm
 from cellmapseg.train.schedule import make_scheduler
-from cellmapseg.train.tracking import Tracker
+from cellmapseg.train.tracking import MlflowRun, Tracker
 from cellmapseg.train.validation import validate
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,10 @@ class Trainer:
         self._resume()
         self.tracker = Tracker(self.paths.tensorboard if cfg.train.tensorboard and d.is_main
                                else None, self.epoch + 1)
+        self.mlflow = (MlflowRun(self.paths.mlruns, self.paths.mlflow_run_id, name,
+                                 {"seed": cfg.seed, "world_size": d.world, **to_dict(self.m)},
+                                 self.history)
+                       if cfg.train.mlflow and d.is_main else None)
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -271,7 +275,11 @@ class Trainer:
                          self.epoch, self.m.epochs, self.step, loss, lr, seconds,
                          f" val dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else "")
             self._save(improved)
+            if self.mlflow is not None:  # after the checkpoint: MLflow cannot drop points
+                self.mlflow.log(row)
         self.tracker.close()
+        if self.mlflow is not None:
+            self.mlflow.close(finished=True)
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:
