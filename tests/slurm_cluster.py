@@ -9,7 +9,8 @@ state, spool, logs, pid files, the database) under one temp folder, and stops th
         rows = cluster.sacct()
 
 The cluster mirrors the spec's reserved node (§2, §5.8) under test names (`TEST_SITE`): one node
-declaring 72 CPUs, 1 TiB and 7 L40 GPUs (character devices made with mknod; no driver, and
+declaring 72 CPUs, 1 TiB and 7 L40 GPUs (and a small second node in the GPU partition, a second
+slurmd on this host, for jobs of two nodes) (character devices made with mknod; no driver, and
 `SlurmdParameters=config_overrides` lets the node declare more than the machine has), a CPU
 partition (default) and a GPU partition that only the GPU QOS may use, an account and that QOS
 in slurmdbd (so sbatch validates them: a misspelt QOS fails with "Invalid qos specification"),
@@ -60,6 +61,10 @@ NODE_MEM_MB = 1024 * 1024
 NODE_GPUS = 7
 GPU_TYPE = "l40"
 RESERVED_CORES = 63
+# A second, small node in the GPU partition (a second slurmd on this host, which Debian's Slurm
+# allows: MULTIPLE_SLURMD): what a training job of two nodes runs on, one of its agents here.
+NODE2 = "ci-node2"
+NODE2_CPUS, NODE2_MEM_MB, NODE2_GPUS = 4, 64 * 1024, 2
 
 # Faster polling than a real cluster should use (profile: 40 s / 30 s). The plugin waits this long
 # after a submission and after each finished job before asking sacct again; at 40 s the ~20 short
@@ -187,7 +192,8 @@ class SlurmCluster:
             self._own_root = True
         self.root.chmod(0o755)
         self.host = socket.gethostname().split(".")[0]
-        self.ports = {k: _free_port() for k in ("slurmctld", "slurmd", "slurmdbd", "mariadb")}
+        self.ports = {k: _free_port()
+                      for k in ("slurmctld", "slurmd", "slurmd2", "slurmdbd", "mariadb")}
 
     @property
     def conf(self) -> Path:
@@ -344,11 +350,11 @@ SlurmdPort={self.ports['slurmd']}
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd.pid
+SlurmdPidFile={r}/run/slurmd.%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
+SlurmdLogFile={r}/log/slurmd.%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -373,16 +379,21 @@ AccountingStorageEnforce=associations,limits,qos
 AccountingStorageTRES=gres/gpu,gres/gpu:{GPU_TYPE}
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} Boards=1 SocketsPerBoard=2 \
-CoresPerSocket={NODE_CPUS // 2} ThreadsPerCore=1 RealMemory={NODE_MEM_MB} \
-Gres=gpu:{GPU_TYPE}:{NODE_GPUS} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 Port={self.ports['slurmd']} CPUs={NODE_CPUS} \
+Boards=1 SocketsPerBoard=2 CoresPerSocket={NODE_CPUS // 2} ThreadsPerCore=1 \
+RealMemory={NODE_MEM_MB} Gres=gpu:{GPU_TYPE}:{NODE_GPUS} State=UNKNOWN
+NodeName={NODE2} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={self.ports['slurmd2']} \
+CPUs={NODE2_CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket={NODE2_CPUS} ThreadsPerCore=1 \
+RealMemory={NODE2_MEM_MB} Gres=gpu:{GPU_TYPE}:{NODE2_GPUS} State=UNKNOWN
 PartitionName={self.site.partition} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
-PartitionName={self.site.gpu_partition} Nodes={self.host} Default=NO MaxTime=INFINITE \
+PartitionName={self.site.gpu_partition} Nodes={self.host},{NODE2} Default=NO MaxTime=INFINITE \
 State=UP AllowQos={self.site.qos}
 """)
         (r / "etc" / "gres.conf").write_text(
             f"NodeName={self.host} Name=gpu Type={GPU_TYPE} "
-            f"File={r}/dev/nvidia[0-{NODE_GPUS - 1}]\n")
+            f"File={r}/dev/nvidia[0-{NODE_GPUS - 1}]\n"
+            f"NodeName={NODE2} Name=gpu Type={GPU_TYPE} "
+            f"File={r}/dev/nvidia[0-{NODE2_GPUS - 1}]\n")
         dbd = r / "etc" / "slurmdbd.conf"
         dbd.write_text(f"""\
 {auth}DbdHost={self.host}
@@ -449,10 +460,11 @@ StorageLoc=slurm_acct_db
         self._wait("slurmctld", lambda: "UP" in self.run("scontrol", "ping", check=False,
                                                           timeout=20).stdout,
                    timeout=60, proc=ctld)
-        slurmd = self._spawn("slurmd", ["slurmd", "-D", "-N", self.host])
-        self._wait("slurmd (node idle)", lambda: set(self.run(  # one line per partition
-            "sinfo", "-h", "-N", "-n", self.host, "-o", "%T", check=False, timeout=20
-        ).stdout.split()) == {"idle"}, timeout=60, proc=slurmd)
+        for node in (self.host, NODE2):
+            slurmd = self._spawn(f"slurmd.{node}", ["slurmd", "-D", "-N", node])
+            self._wait(f"slurmd {node} (node idle)", lambda n=node: set(self.run(
+                "sinfo", "-h", "-N", "-n", n, "-o", "%T", check=False, timeout=20  # a line
+            ).stdout.split()) == {"idle"}, timeout=60, proc=slurmd)  # per partition
 
     def _create_reservation(self) -> None:
         self.run("scontrol", "create", "reservation", f"ReservationName={self.site.reservation}",

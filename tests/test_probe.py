@@ -176,18 +176,9 @@ def test_the_tightest_job_decides_and_is_named():
     assert out["budget_bytes"] == pytest.approx(0.7 * 100 * GiB - 2 * 16 * GiB)
 
 
-def test_jobs_without_their_own_memory_share_what_the_probe_saw():
-    cfg = side_by_side({"a": 300, "b": 300, "c": 300})
-    cfg = dataclasses.replace(cfg, models={n: dataclasses.replace(
-        m, allocation=dataclasses.replace(m.allocation, mem_gb=None))
-        for n, m in cfg.models.items()})
-    out = select(memory_result(world=2, available=900 * GiB), cfg)
-    assert {j["memory_bytes"] for j in out["jobs"].values()} == {300 * GiB}
-    assert "3 jobs that may run side by side" in out["reason"]
-
-
 def test_a_job_memory_is_capped_by_the_node_it_runs_on():
     mem = memory_result(world=2)
     mem["host"]["ram_total_bytes"] = 256 * GiB
     out = select(mem, side_by_side({"a": 300}))
     assert out["jobs"]["a"]["memory_bytes"] == 256 * GiB
+    assert out["jobs"]["a"]["memory_from"] == "the node's RAM (less than allocation.mem_gb)"

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -25,9 +26,11 @@ import yaml
 from slurm_cluster import (
     DAG_CONFIGS,
     EMBEDDED_CONFIG,
+    NODE2,
     NODE_GPUS,
     RESERVED_CORES,
     ROOT,
+    TEST_POLLING,
     TEST_SITE,
     SlurmCluster,
     _run_interruptible,
@@ -214,6 +217,44 @@ def test_failed_rule_reports_its_slurm_log(cluster, make_dataset, tmp_path):
     assert not (wd / "results/data/inventory.csv").exists()
 
 
+MTIME_ONLY = (*TEST_POLLING, "--rerun-triggers", "mtime")
+
+
+def _copy_upstream(upstream: Path, wd: Path) -> None:
+    """The data and caching stages' results, copied (times kept) into a new workdir."""
+    for stage in ("data", "probe"):
+        shutil.copytree(upstream / "results" / stage, wd / "results" / stage, symlinks=True)
+
+
+def test_a_two_node_train_job_runs_one_torchrun_agent_on_each_node(cluster, upstream,
+                                                                    tmp_path):
+    model = "segresnet"
+    override = tmp_path / "two_nodes.yaml"
+    override.write_text(yaml.safe_dump({
+        "models": {model: {"epochs": 2, "eval_epochs": 2, "train_sub_epochs": 1}},
+        "train": {"allocation": {"gpus": 1, "cpus": 1, "mem_gb": 4, "nodes": 2}}}))
+    wd = (tmp_path / "wd").resolve()
+    _copy_upstream(upstream, wd)
+    # the reservation holds cores of the first node only: this job runs outside it
+    site = dataclasses.replace(TEST_SITE, reservation="")
+    proc = run_snakemake(cluster, wd, f"results/{model}/train/summary.json", site=site,
+                         timeout=900, configfiles=(*DAG_CONFIGS, override), extra=MTIME_ONLY)
+    assert proc.returncode == 0, _tail(proc)
+    (job,) = re.findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
+    steps = cluster.run("sacct", "-j", job, "-P", "-n", "-o", "JobID,NodeList,State,ReqTRES")
+    rows = [line.split("|") for line in steps.stdout.splitlines()]
+    alloc = next(r for r in rows if r[0] == job)
+    assert set(alloc[1].split(",")) == {cluster.host, NODE2} and alloc[2] == "COMPLETED"
+    assert "gres/gpu=2" in alloc[3].split(","), alloc  # 1 per node (gres), not --gpus=1
+    # a step of one task per node (the agents) beside the step the stage ran in
+    assert any(set(r[1].split(",")) == {cluster.host, NODE2} and r[2] == "COMPLETED"
+               for r in rows if r[0].startswith(f"{job}.") and r[0] != f"{job}.batch"), rows
+    summary = json.loads((wd / f"results/{model}/train/summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    log = (wd / f"results/logs/train_{model}.log").read_text()
+    assert "world size 2 (1 per node)" in log and "(2 node(s) x 1)" in log, log[-2000:]
+
+
 def _training_ranks(workdir: Path) -> list[int]:
     """PIDs of the training processes (ranks and their loader workers) running in `workdir`."""
     pids = []
@@ -240,7 +281,8 @@ def test_train_job_killed_at_its_time_limit_keeps_its_checkpoint_and_the_rerun_r
         (wd / "results" / stage).symlink_to(upstream / "results" / stage)
     target = f"results/{model}/train/summary.json"
     last = wd / f"results/{model}/train/checkpoints/last.pt"
-    cmd = snakemake_command(wd, target, configfiles=configs)
+    # mtime only: the shared probe's params were another config's; it must not rerun here
+    cmd = snakemake_command(wd, target, configfiles=configs, extra=MTIME_ONLY)
     run = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -75,3 +75,34 @@ def test_bad_config_stops_the_workflow_with_one_line(tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")]
     assert lines == ["error: config: key 'seed' has value 'abc' of type string; expected integer"]
+
+
+def _resources(dry_run: str, rule: str) -> dict[str, str]:
+    block = dry_run[dry_run.index(f"rule {rule}:"):]
+    line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
+    return dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+
+
+@pytest.mark.parametrize(("allocation", "wanted", "absent"), [
+    ("{gpus: 2, cpus: 21, mem_gb: 300}",
+     {"gpu": "2", "nodes": "1", "cpus_per_task": "21", "mem_mb": str(300 * 1024)}, ("gres",)),
+    # more nodes: GPUs per node as gres (--gpus would be the job's total)
+    ("{gpus: 4, nodes: 2}", {"gres": "gpu:4", "nodes": "2", "mem_mb": str(16 * 1024)},
+     ("gpu", "cpus_per_task")),
+])
+def test_the_train_rule_asks_for_the_models_allocation(tmp_path, allocation, wanted, absent):
+    override = ("train: {allocation: " + allocation + "}\n"
+                "models: {swinunetr: {allocation: {mem_gb: 64}}}\n")
+    proc = snakemake(tmp_path, "-n", "results/segresnet/train/summary.json",
+                     "results/swinunetr/train/summary.json", overrides=override)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = out.split("rule train:")[1:]
+    seg = _resources("rule train:" + next(j for j in jobs if "segresnet" in j.split("rule")[0]),
+                     "train")
+    swin = _resources("rule train:" + next(j for j in jobs if "swinunetr" in j.split("rule")[0]),
+                      "train")
+    assert {k: seg[k] for k in wanted} == wanted and not set(absent) & set(seg)
+    assert swin["mem_mb"] == str(64 * 1024)  # a model's own key over train.allocation's
+    probe = _resources(out, "memory_probe")  # the largest job's allocation
+    assert probe["mem_mb"] == str(max(64, int(wanted["mem_mb"]) // 1024) * 1024)

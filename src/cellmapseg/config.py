@@ -401,7 +401,7 @@ class Config:
             return max(values, default=None)
 
         return Allocation(gpus=most("gpus") or self.train.gpus, cpus=most("cpus"),
-                          mem_gb=most("mem_gb"), nodes=1)
+                          mem_gb=most("mem_gb") or self.train.allocation.mem_gb, nodes=1)
 
     @property
     def probe_ranks(self) -> int:

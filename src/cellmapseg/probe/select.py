@@ -8,10 +8,10 @@ then C; a forced strategy that cannot fit stops here, before any GPU work, with 
 that rules it out.
 
 Jobs side by side on one node: Slurm places a job only where its --mem fits, so each job's
-memory (models.NAME.allocation.mem_gb) is its budget, and the node's memory is divided among
-the concurrent jobs by those settings. B's store is one per node, shared by every job there (it
-is named by the crops, not the model), and is charged to the job that builds it: every job's
-budget must hold it.
+memory (its allocation.mem_gb, at most the node's RAM) is its budget, and the node's memory is
+divided among the concurrent jobs by those settings. B's store is one per node, shared by
+every job there (it is named by the crops, not the model), and is charged to the job that
+builds it: every job's budget must hold it.
 """
 
 from __future__ import annotations
@@ -104,29 +104,30 @@ def _fits(name: str, est: dict[str, Any], budget: float, memory: dict[str, Any],
 
 def jobs(memory: dict[str, Any], cfg: Config) -> dict[str, dict[str, Any]]:
     """Every training job's ranks per node, memory and budget (bytes). A job's memory is its
-    --mem (allocation.mem_gb, at most the node's RAM), which Slurm reserves for it whatever
-    runs beside it; a job without one shares what the probe's job had with the other models'
-    jobs, which may run side by side. With no models configured: one job at the probe's
-    planned world size."""
+    --mem (allocation.mem_gb), at most the node's RAM as the probe saw it: Slurm reserves it
+    for the job whatever runs beside it, so jobs side by side divide the node between them by
+    their settings. With no models configured: one job with what the probe's job had, at the
+    probe's planned world size."""
     allowance = cfg.caching.rank_allowance_gb * GiB
     host = memory["host"]
-    names = list(cfg.models) or ["train"]
-    shared = host["job_available_bytes"] / len(names)
+    if not cfg.models:
+        return {"train": _job(memory["world_size"], 1, host["job_available_bytes"],
+                              "the probe's job", allowance, cfg)}
+    node = host.get("ram_total_bytes") or float("inf")
     out: dict[str, dict[str, Any]] = {}
-    for name in names:
-        a = cfg.allocation(name) if cfg.models else None
-        ranks = cfg.ranks_per_node(name) if a else memory["world_size"]
-        if a is not None and a.mem_gb is not None:
-            mem = min(a.mem_gb * GiB, host.get("ram_total_bytes") or float("inf"))
-            source = f"allocation.mem_gb of {name}'s job"
-        else:
-            mem = shared
-            source = ("the probe's job" if len(names) == 1 else
-                      f"the probe's job / {len(names)} jobs that may run side by side")
-        out[name] = {"ranks_per_node": ranks, "nodes": a.nodes if a else 1,
-                     "memory_bytes": mem, "memory_from": source,
-                     "budget_bytes": mem * cfg.caching.ram_fraction - allowance * ranks}
+    for name in cfg.models:
+        a = cfg.allocation(name)
+        mem = min(a.mem_gb * GiB, node)
+        source = (f"{name}'s allocation.mem_gb" if mem < node else
+                  "the node's RAM (less than allocation.mem_gb)")
+        out[name] = _job(cfg.ranks_per_node(name), a.nodes, mem, source, allowance, cfg)
     return out
+
+
+def _job(ranks: int, nodes: int, mem: float, source: str, allowance: float,
+         cfg: Config) -> dict[str, Any]:
+    return {"ranks_per_node": ranks, "nodes": nodes, "memory_bytes": mem, "memory_from": source,
+            "budget_bytes": mem * cfg.caching.ram_fraction - allowance * ranks}
 
 
 def _fits_every_job(name: str, per_job: dict[str, dict[str, Any]], budgets: dict[str, Any],
