@@ -217,7 +217,7 @@ def test_failed_rule_reports_its_slurm_log(cluster, make_dataset, tmp_path):
     assert not (wd / "results/data/inventory.csv").exists()
 
 
-MTIME_ONLY = (*TEST_POLLING, "--rerun-triggers", "mtime")
+MTIME_ONLY = (*TEST_POLLING, "--rerun-triggers=mtime")  # "=": the option takes a list
 
 
 def _copy_upstream(upstream: Path, wd: Path) -> None:
