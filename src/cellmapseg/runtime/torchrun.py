@@ -67,6 +67,23 @@ def srun_command(nnodes: int, cpus: int | None, agent: Sequence[str]) -> list[st
             *agent]
 
 
+def slurm_job_nodes(env: Mapping[str, str]) -> str | None:
+    """Nodes of the Slurm job this process runs in: SLURM_JOB_NUM_NODES, or (inside a step
+    that the snakemake jobstep plugin started with only the job's id in its environment)
+    what squeue says of the job; None outside Slurm."""
+    if "SLURM_JOB_NUM_NODES" in env:
+        return env["SLURM_JOB_NUM_NODES"]
+    job = env.get("SLURM_JOB_ID")
+    if job is None:
+        return None
+    proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%D"], env=dict(env),
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"squeue -j {job} failed (exit {proc.returncode}): "
+                           f"{proc.stderr.strip()}")
+    return proc.stdout.split()[0]
+
+
 def launch(nnodes: int, nproc: int, module: str, args: Sequence[str],
            cpus: int | None = None, env: Mapping[str, str] | None = None
            ) -> tuple[list[str], dict[str, str]]:
@@ -76,7 +93,7 @@ def launch(nnodes: int, nproc: int, module: str, args: Sequence[str],
     env = dict(os.environ if env is None else env)
     if nnodes == 1:
         return torchrun_command(nproc, module, args), env
-    job_nodes = env.get("SLURM_JOB_NUM_NODES")
+    job_nodes = slurm_job_nodes(env)
     if job_nodes is None or int(job_nodes) != nnodes:
         raise InputError(f"config: {nnodes} nodes (allocation.nodes) need a Slurm job of "
                          f"{nnodes} nodes; this job has {job_nodes or 'no Slurm allocation'} "
