@@ -110,3 +110,15 @@ def test_a_nested_srun_keeps_the_job_identity_only():
     env = srun_env({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_CPUS_PER_TASK": "8",
                     "SRUN_CPUS_PER_TASK": "8", "PATH": "/bin"})
     assert env == {"SLURM_JOB_ID": "7", "PATH": "/bin"}
+
+
+def test_a_two_node_config_outside_slurm_stops_before_writing_anything(data, tmp_path):
+    root, raw = data
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = train(root, raw, tmp_path / "out", ranks=1, nodes=2, env=env)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: config: 2 nodes (allocation.nodes) need a Slurm job of 2 nodes; "
+                      "this job has no Slurm allocation (run through profiles/slurm, or set "
+                      "nodes to 1)"], proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -97,9 +97,16 @@ def select_caching(cfg: Config, memory: Path, out: Path) -> None:
 def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: Path,
           threads: int | None = None) -> None:
     """Check what can be checked before any GPU work, then start the ranks with torchrun."""
-    from cellmapseg.runtime.torchrun import launch, run_logged, threads_per_rank, usable_cpus
+    from cellmapseg.runtime.torchrun import (
+        launch,
+        require_nodes,
+        run_logged,
+        threads_per_rank,
+        usable_cpus,
+    )
     from cellmapseg.train.preflight import prepare_training
 
+    require_nodes(cfg.allocation(model).nodes)  # before the store and the train folder
     m = cfg.model(model)
     cfg = prepare_training(cfg, m, inventory_csv, caching, usable_cpus(threads))
     files = TrainFiles(out_dir)

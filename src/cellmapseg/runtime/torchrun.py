@@ -84,6 +84,19 @@ def slurm_job_nodes(env: Mapping[str, str]) -> str | None:
     return proc.stdout.split()[0]
 
 
+def require_nodes(nnodes: int, env: Mapping[str, str] | None = None) -> None:
+    """One line (InputError) unless this process runs in a Slurm job of `nnodes` nodes (or
+    `nnodes` is 1): checked before any work, so a misplaced job writes nothing."""
+    if nnodes == 1:
+        return
+    env = os.environ if env is None else env
+    job_nodes = slurm_job_nodes(env)
+    if job_nodes is None or int(job_nodes) != nnodes:
+        raise InputError(f"config: {nnodes} nodes (allocation.nodes) need a Slurm job of "
+                         f"{nnodes} nodes; this job has {job_nodes or 'no Slurm allocation'} "
+                         "(run through profiles/slurm, or set nodes to 1)")
+
+
 def launch(nnodes: int, nproc: int, module: str, args: Sequence[str],
            cpus: int | None = None, env: Mapping[str, str] | None = None
            ) -> tuple[list[str], dict[str, str]]:
@@ -93,11 +106,7 @@ def launch(nnodes: int, nproc: int, module: str, args: Sequence[str],
     env = dict(os.environ if env is None else env)
     if nnodes == 1:
         return torchrun_command(nproc, module, args), env
-    job_nodes = slurm_job_nodes(env)
-    if job_nodes is None or int(job_nodes) != nnodes:
-        raise InputError(f"config: {nnodes} nodes (allocation.nodes) need a Slurm job of "
-                         f"{nnodes} nodes; this job has {job_nodes or 'no Slurm allocation'} "
-                         "(run through profiles/slurm, or set nodes to 1)")
+    require_nodes(nnodes, env)
     run_id = env.get("SLURM_JOB_ID", str(os.getpid()))
     agent = multinode_command(nnodes, nproc, module, args,
                               f"{socket.gethostname()}:{free_port()}", run_id)
