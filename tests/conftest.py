@@ -191,16 +191,18 @@ def embedded_dag(tmp_path_factory: pytest.TempPathFactory, slurm_cluster) -> Any
 @pytest.fixture(scope="session")
 def probe_stages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workdir whose data and probe stages (up to results/probe/caching_strategy.json) are done
-    on the embedded default. The session's embedded DAG when it has already run and passed (its
-    stages are the same, and redoing them costs half a minute), else a local run of just these
-    stages. Treat it as read-only: link its results/data and results/probe into a new workdir."""
+    on the embedded default with slurm_cluster.DAG_CONFIGS. The session's embedded DAG when it
+    has already run and passed (its stages are the same, and redoing them costs half a minute),
+    else a local run of just these stages. Treat it as read-only: link its results/data and
+    results/probe into a new workdir."""
     import slurm_cluster as sc
 
     dag = sc.finished_dag()
     if dag is not None and dag.returncode == 0:
         return dag.workdir
     workdir = tmp_path_factory.mktemp("probe_stages")
-    proc = sc.run_local(workdir, "results/probe/caching_strategy.json")
+    proc = sc.run_local(workdir, "results/probe/caching_strategy.json",
+                        configfiles=sc.DAG_CONFIGS)  # the DAG's config, as when it is reused
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return workdir
 

@@ -231,7 +231,7 @@ def test_a_two_node_train_job_runs_one_torchrun_agent_on_each_node(cluster, upst
     model = "segresnet"
     override = tmp_path / "two_nodes.yaml"
     override.write_text(yaml.safe_dump({
-        "models": {model: {"epochs": 2, "eval_epochs": 2, "train_sub_epochs": 1}},
+        "models": {model: {"epochs": 1, "eval_epochs": 1, "train_sub_epochs": 1}},
         "train": {"allocation": {"gpus": 1, "cpus": 1, "mem_gb": 4, "nodes": 2}}}))
     wd = (tmp_path / "wd").resolve()
     _copy_upstream(upstream, wd)
@@ -250,7 +250,7 @@ def test_a_two_node_train_job_runs_one_torchrun_agent_on_each_node(cluster, upst
     assert any(set(r[1].split(",")) == {cluster.host, NODE2} and r[2] == "COMPLETED"
                for r in rows if r[0].startswith(f"{job}.") and r[0] != f"{job}.batch"), rows
     summary = json.loads((wd / f"results/{model}/train/summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    assert summary["world_size"] == 2 and summary["epochs"] == 1
     log = (wd / f"results/logs/train_{model}.log").read_text()
     assert "world size 2 (1 per node)" in log and "(2 node(s) x 1)" in log, log[-2000:]
 

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from slurm_cluster import DAG_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str, overrides: str | None = None
+def snakemake(workdir: Path, *args: str, overrides: str | None = None,
+              configs: tuple[Path, ...] = (ROOT / "config" / "config.yaml",)
               ) -> subprocess.CompletedProcess:
-    """Run the workflow in `workdir` on the embedded default (plus an optional YAML override)."""
-    configs = [str(ROOT / "config" / "config.yaml")]
+    """Run the workflow in `workdir` on the embedded default (or `configs`), plus an optional
+    YAML override."""
+    configs = [str(c) for c in configs]
     if overrides:
         (workdir / "override.yaml").write_text(overrides)
         configs.append(str(workdir / "override.yaml"))
@@ -55,7 +58,8 @@ def test_data_and_probe_stages_run_on_the_embedded_default(probe_stages):
     assert choice["strategy"] == "B" and choice["requested"] == "auto"
     assert set(choice["estimates"]) == {"A", "B", "C", "D", "E", "spec"}
     assert choice["estimates"]["E"]["feasible"] is False
-    again = snakemake(probe_stages, "-n", "results/probe/caching_strategy.json")
+    again = snakemake(probe_stages, "-n", "results/probe/caching_strategy.json",
+                      configs=DAG_CONFIGS)  # what made them (conftest.probe_stages)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -83,26 +87,26 @@ def _resources(dry_run: str, rule: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
 
 
-@pytest.mark.parametrize(("allocation", "wanted", "absent"), [
-    ("{gpus: 2, cpus: 21, mem_gb: 300}",
-     {"gpu": "2", "nodes": "1", "cpus_per_task": "21", "mem_mb": str(300 * 1024)}, ("gres",)),
-    # more nodes: GPUs per node as gres (--gpus would be the job's total)
-    ("{gpus: 4, nodes: 2}", {"gres": "gpu:4", "nodes": "2", "mem_mb": str(16 * 1024)},
-     ("gpu", "cpus_per_task")),
-])
-def test_the_train_rule_asks_for_the_models_allocation(tmp_path, allocation, wanted, absent):
-    override = ("train: {allocation: " + allocation + "}\n"
-                "models: {swinunetr: {allocation: {mem_gb: 64}}}\n")
-    proc = snakemake(tmp_path, "-n", "results/segresnet/train/summary.json",
-                     "results/swinunetr/train/summary.json", overrides=override)
+def test_the_train_rule_asks_for_each_models_allocation(tmp_path):
+    override = ("train: {allocation: {gpus: 2, cpus: 21, mem_gb: 300}}\n"
+                "models: {swinunetr: {allocation: {mem_gb: 64}},\n"
+                "         flexunet_resnet34: {allocation: {gpus: 4, nodes: 2}}}\n")
+    proc = snakemake(tmp_path, "-n", *(f"results/{m}/train/summary.json" for m in
+                                       ("segresnet", "swinunetr", "flexunet_resnet34")),
+                     overrides=override)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    jobs = out.split("rule train:")[1:]
-    seg = _resources("rule train:" + next(j for j in jobs if "segresnet" in j.split("rule")[0]),
-                     "train")
-    swin = _resources("rule train:" + next(j for j in jobs if "swinunetr" in j.split("rule")[0]),
-                      "train")
-    assert {k: seg[k] for k in wanted} == wanted and not set(absent) & set(seg)
-    assert swin["mem_mb"] == str(64 * 1024)  # a model's own key over train.allocation's
-    probe = _resources(out, "memory_probe")  # the largest job's allocation
-    assert probe["mem_mb"] == str(max(64, int(wanted["mem_mb"]) // 1024) * 1024)
+    jobs = {next(m for m in ("segresnet", "swinunetr", "flexunet_resnet34")
+                 if f"results/{m}/train" in job.split("resources:")[0]):
+            _resources("rule train:" + job, "train") for job in out.split("rule train:")[1:]}
+    assert jobs["segresnet"] == {**jobs["segresnet"], "gpu": "2", "nodes": "1",
+                                 "cpus_per_task": "21", "mem_mb": str(300 * 1024)}
+    assert "gres" not in jobs["segresnet"]
+    assert jobs["swinunetr"]["mem_mb"] == str(64 * 1024)  # a model's own key over train's
+    # more nodes: GPUs per node as gres (--gpus would be the job's total)
+    flex = jobs["flexunet_resnet34"]
+    assert (flex["gres"], flex["nodes"], flex["cpus_per_task"]) == ("gpu:4", "2", "21")
+    assert "gpu" not in flex
+    probe = _resources(out, "memory_probe")  # the largest job's allocation, on one node
+    assert (probe["gpu"], probe["cpus_per_task"], probe["mem_mb"]) == ("4", "21",
+                                                                       str(300 * 1024))

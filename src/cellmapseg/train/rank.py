@@ -2,6 +2,8 @@
 
     torchrun --standalone --nnodes=1 --nproc_per_node=N -m cellmapseg.train.rank \
         --model NAME --config RESOLVED.yaml --inventory INV.csv --caching STRATEGY.json --out DIR
+
+On more than one node, one torchrun agent per node (cellmapseg.runtime.torchrun.launch).
 """
 
 from __future__ import annotations
