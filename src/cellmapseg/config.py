@@ -404,11 +404,16 @@ class Config:
                           mem_gb=most("mem_gb") or self.train.allocation.mem_gb, nodes=1)
 
     @property
+    def most_ranks_per_node(self) -> int:
+        """The most ranks any model's job starts on one node (the densest node to plan for)."""
+        return max((self.ranks_per_node(n) for n in self.models),
+                   default=self.train.world_size)
+
+    @property
     def probe_ranks(self) -> int:
-        """Ranks of the memory probe: the most any model's job starts on one node (capped by
-        caching.probe_max_ranks), so that per-rank costs are measured at that density."""
-        most = max((self.ranks_per_node(n) for n in self.models), default=self.train.world_size)
-        return max(1, min(most, self.caching.probe_max_ranks))
+        """Ranks of the memory probe: most_ranks_per_node capped by caching.probe_max_ranks, so
+        that per-rank costs are measured at that density."""
+        return max(1, min(self.most_ranks_per_node, self.caching.probe_max_ranks))
 
 
 @cache

@@ -106,24 +106,24 @@ def train(cfg: Config, model: str, inventory_csv: Path, caching: Path, out_dir: 
     )
     from cellmapseg.train.preflight import prepare_training
 
-    require_nodes(cfg.allocation(model).nodes)  # before the store and the train folder
+    job = cfg.allocation(model)
+    require_nodes(job.nodes)  # before the store and the train folder
     m = cfg.model(model)
     cfg = prepare_training(cfg, m, inventory_csv, caching, usable_cpus(threads))
     files = TrainFiles(out_dir)
     config_mod.write_resolved(cfg, files.config)
-    world, per_node, nodes = (cfg.world_size(model), cfg.ranks_per_node(model),
-                              cfg.allocation(model).nodes)
+    world, per_node = cfg.world_size(model), cfg.ranks_per_node(model)
     gpu = cfg.train.gpus > 0
     fixed = None if gpu else cfg.train.cpu_threads  # bit-identical wherever it runs
     # the same threads per rank on any layout of the same world size (1 node x 2, 2 x 1)
     per_rank = max(1, fixed // world) if fixed else threads_per_rank(threads, per_node)
-    cmd, env = launch(nodes, per_node, "cellmapseg.train.rank", [
+    cmd, env = launch(job.nodes, per_node, "cellmapseg.train.rank", [
         "--model", model, "--config", files.config, "--inventory", inventory_csv,
-        "--caching", caching, "--out", out_dir], cpus=cfg.allocation(model).cpus)
+        "--caching", caching, "--out", out_dir], cpus=job.cpus)
     env.update({"OMP_NUM_THREADS": str(per_rank), **(cfg.train.cuda_env if gpu else {}),
                 **({"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
                    if gpu and cfg.train.deterministic else {})})
-    log.info("training %s with %d rank(s) (%d node(s) x %d); log: %s", model, world, nodes,
+    log.info("training %s with %d rank(s) (%d node(s) x %d); log: %s", model, world, job.nodes,
              per_node, files.log)
     run_logged(cmd, env, files.log, f"training {model}")
 

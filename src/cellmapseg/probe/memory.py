@@ -150,8 +150,7 @@ def spec_cache_one_crop(row: dict[str, Any], labels: Sequence[int], side: int = 
 
 def run_probe(cfg: Config, inventory_csv: str | Path, out_json: str | Path) -> dict[str, Any]:
     inv = read_inventory(inventory_csv)
-    # per-node costs at the densest job: the most ranks any model's job starts on one node
-    world = max((cfg.ranks_per_node(m) for m in cfg.models), default=cfg.train.world_size)
+    world = cfg.most_ranks_per_node  # per-node costs at the densest job
     nproc = cfg.probe_ranks
     rows = probe_rows(inv, cfg.caching.probe_crops)
     roi = _probe_roi(cfg)
